@@ -1,0 +1,24 @@
+# The two commands a newcomer types (see README):
+#   make run    install composer-imp into the current Python environment, then run the quickstart
+#   make test   install with the test extra, then run the whole test suite
+PYTHON ?= python
+PIP ?= $(PYTHON) -m pip
+
+.PHONY: run test install install-test quickstart bench
+
+install:
+	$(PIP) install -e .
+
+install-test:
+	$(PIP) install -e '.[test]'
+
+run: install quickstart
+
+quickstart:
+	$(PYTHON) run.py -f yamls/quickstart.yaml
+
+test: install-test
+	$(PYTHON) -m pytest -q tests
+
+bench:
+	$(PYTHON) benchmarks/mask_overhead.py

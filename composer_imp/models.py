@@ -1,0 +1,112 @@
+"""Model definitions, each wrapped as a Composer ``ComposerClassifier`` (Composer 0.32 ships none).
+
+* ``small_cnn``: a BatchNorm CNN for the CPU-sized real-data runs (8×8 digits, 28×28 Fashion-MNIST).
+* ``resnet20``: the CIFAR ResNet-20 (16/32/64 channels, He et al. 2016), the paper's CIFAR-10 model.
+
+Example:
+    >>> model = build_model('small_cnn', num_classes=10, in_channels=1, width=16)
+    >>> sum(p.numel() for p in model.parameters()) > 0
+    True
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Callable
+
+import torch
+from composer.models import ComposerClassifier
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ['SmallCNN', 'CifarResNet', 'build_model', 'MODELS']
+
+
+class SmallCNN(nn.Module):
+    """Three conv–BN–ReLU blocks, global average pooling and a linear classifier."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+            nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1, bias=False), nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.features(x), 1))
+
+
+class _BasicBlock(nn.Module):
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """The CIFAR ResNet of He et al. (2016): depth 6n+2, widths 16/32/64 (ResNet-20: n=3)."""
+
+    def __init__(self, depth: int = 20, num_classes: int = 10, width: int = 16, in_channels: int = 3):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f'CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110); got {depth}.')
+        n = (depth - 2) // 6
+        self.conv = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        blocks, cin = [], width
+        for stage, cout in enumerate((width, 2 * width, 4 * width)):
+            for i in range(n):
+                blocks.append(_BasicBlock(cin, cout, stride=2 if stage > 0 and i == 0 else 1))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.blocks(F.relu(self.bn(self.conv(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    'small_cnn': SmallCNN,
+    'resnet20': lambda num_classes=10, width=16, in_channels=3: CifarResNet(20, num_classes, width, in_channels),
+    'cifar_resnet': CifarResNet,
+}
+
+
+def build_model(name: str, **kwargs: Any) -> ComposerClassifier:
+    """Build a registered network by name and wrap it as a ``ComposerClassifier`` (accuracy + cross-entropy).
+
+    Raises:
+        ValueError: an unknown model name or keyword, naming the valid ones.
+    """
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, MODELS, n=1)
+        raise ValueError(f'model.name={name!r} is not a known model' + (f' (did you mean {close[0]!r}?)' if close else '') +
+                         f'. Known models: {", ".join(MODELS)}.')
+    factory = MODELS[name]
+    valid = set(inspect.signature(factory).parameters)
+    unknown = sorted(set(kwargs) - valid)
+    if unknown:
+        raise ValueError(f'model.{unknown[0]} is not an option of model {name!r}; valid options: {", ".join(sorted(valid))}.')
+    num_classes = kwargs.get('num_classes', 10)
+    return ComposerClassifier(factory(**kwargs), num_classes=num_classes)

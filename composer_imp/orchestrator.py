@@ -1,0 +1,360 @@
+"""The level orchestrator: IMP with weight rewinding around any Composer recipe.
+
+One straight loop (Algorithm 1 of the paper, with weight rewinding):
+
+1. level 0: train the dense network; :class:`~composer_imp.rewind.RewindCheckpoint` saves the full
+   training state at step τ;
+2. level L ≥ 1: prune ``imp.ratio`` of the remaining weights of the level L-1 solution (nested masks),
+   build a fresh model, load the rewind checkpoint (weights, optimizer, schedulers, timestamp = τ),
+   train to ``max_duration`` under :class:`~composer_imp.algorithms.KeepMask`.
+
+Your recipe plugs in through two functions: ``model_fn()`` returns a fresh ``ComposerModel`` and
+``trainer_kwargs_fn(model, level)`` returns the ``Trainer`` keyword arguments for it (optimizer on
+*that* model's parameters, dataloaders built once and reused, schedulers, algorithms, new logger objects).
+
+Example:
+    >>> from composer_imp import IMPConfig, LevelOrchestrator
+    >>> train_dl, eval_dl = ...                                   # doctest: +SKIP
+    >>> def model_fn():
+    ...     return ComposerClassifier(MyNet(), num_classes=10)     # doctest: +SKIP
+    >>> def trainer_kwargs_fn(model, level):
+    ...     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ...     return dict(optimizers=opt, train_dataloader=train_dl, eval_dataloader=eval_dl,
+    ...                 max_duration='10ep', seed=17)               # doctest: +SKIP
+    >>> rows = LevelOrchestrator(model_fn, trainer_kwargs_fn, 'runs/mine',
+    ...                          IMPConfig(levels=8, ratio=0.2, rewind='50ba')).run()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from composer import Trainer
+from composer.core import Time, TimeUnit
+from composer.models import ComposerModel
+from composer.utils import dist, ensure_tuple
+from omegaconf import OmegaConf
+
+from composer_imp.algorithms import KeepMask
+from composer_imp.artifacts import RunFolder, atomic_torch_save, atomic_write_text
+from composer_imp.masks import Mask, full_mask, load_mask, magnitude_prune, sparsity_report, unwrap_model
+from composer_imp.rewind import RewindCheckpoint, parse_rewind, rewind_batches
+
+__all__ = ['IMPConfig', 'LevelOrchestrator', 'find_ticket', 'RESERVED_TRAINER_KWARGS']
+
+log = logging.getLogger(__name__)
+
+# The orchestrator owns these: each level loads the rewind point and writes into its own folder.
+RESERVED_TRAINER_KWARGS = ('model', 'load_path', 'load_weights_only', 'save_folder', 'autoresume', 'run_name')
+# Keys a re-run may change without mixing runs: more levels extend a finished run.
+RESUMABLE_KEYS = ('imp.levels', 'progress_bar')
+
+
+@dataclass
+class IMPConfig:
+    """How IMP prunes and rewinds (the ``imp:`` section of a YAML recipe).
+
+    Attributes:
+        levels: pruned levels after the dense level 0 (the run trains ``levels + 1`` networks).
+        ratio: fraction of the *remaining* prunable weights removed at each level, in (0, 1).
+        rewind: the rewind step τ, a Composer time in batches or epochs (``'2000ba'``, ``'1ep'``, ``0``).
+        ignore: parameter or module names never pruned (validated against the model).
+        scope: ``'global'`` magnitude pruning across layers (the paper) or ``'layerwise'``.
+        checkpoint_interval: if set (e.g. ``'1ep'``), each level saves Composer checkpoints in
+            ``level_XX/checkpoints`` at this interval and an interrupted level autoresumes from the latest.
+    """
+
+    levels: int = 5
+    ratio: float = 0.2
+    rewind: Any = '0ba'
+    ignore: list = field(default_factory=list)
+    scope: str = 'global'
+    checkpoint_interval: Optional[str] = None
+
+    def validate(self) -> None:
+        if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 0:
+            raise ValueError(f'imp.levels must be a whole number >= 0 (pruned levels after the dense one); got {self.levels!r}.')
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0.0 < float(self.ratio) < 1.0:
+            raise ValueError(f'imp.ratio must lie strictly between 0 and 1 (fraction of the remaining weights pruned '
+                             f'per level, e.g. 0.2); got {self.ratio!r}.')
+        parse_rewind(self.rewind)
+        if self.scope not in ('global', 'layerwise'):
+            raise ValueError(f"imp.scope must be 'global' or 'layerwise'; got {self.scope!r}.")
+        if self.checkpoint_interval is not None:
+            try:
+                Time.from_timestring(str(self.checkpoint_interval))
+            except ValueError as e:
+                raise ValueError(f'imp.checkpoint_interval={self.checkpoint_interval!r} is not a Composer time such as "1ep" or "500ba".') from e
+
+
+def _to_batches(duration: Any, batches_per_epoch: Optional[int]) -> Optional[int]:
+    """A duration (Time, time string, or int epochs as Composer reads it) in batches, if it can be known."""
+    if isinstance(duration, Time):
+        t = duration
+    elif isinstance(duration, int):
+        t = Time(duration, TimeUnit.EPOCH)
+    else:
+        t = Time.from_timestring(str(duration))
+    if t.unit == TimeUnit.BATCH:
+        return int(t.value)
+    if t.unit == TimeUnit.EPOCH and batches_per_epoch is not None:
+        return int(t.value) * batches_per_epoch
+    return None
+
+
+def _batches_per_epoch(kwargs: dict) -> Optional[int]:
+    try:
+        return len(kwargs['train_dataloader'])
+    except (KeyError, TypeError):
+        return None
+
+
+def _eval_numbers(values: dict[str, float]) -> tuple[Optional[float], Optional[float]]:
+    acc = next((v for k, v in values.items() if 'accuracy' in k.lower()), None)
+    loss = next((v for k, v in values.items() if 'crossentropy' in k.lower() or 'loss' in k.lower()), None)
+    return acc, loss
+
+
+class LevelOrchestrator:
+    """Runs IMP-WR levels 0..``imp.levels`` around a user's Composer recipe.
+
+    Args:
+        model_fn: returns a fresh ``ComposerModel`` (called once per level; seed inside it if you want
+            level 0 reproducible — later levels load their weights from the rewind point).
+        trainer_kwargs_fn: ``(model, level) -> dict`` of ``Trainer`` arguments for that model; must not
+            set any of :data:`RESERVED_TRAINER_KWARGS`.
+        save_folder: where the run's artifacts go (see :mod:`composer_imp.artifacts`).
+        imp: the :class:`IMPConfig`.
+        config: the full resolved configuration to record in ``config.yaml`` (defaults to ``imp``);
+            re-running on a folder recorded with a different one is refused unless ``overwrite``.
+        overwrite: remove a previous run's artifacts in ``save_folder`` and start over.
+    """
+
+    def __init__(
+        self,
+        model_fn: Callable[[], ComposerModel],
+        trainer_kwargs_fn: Callable[[ComposerModel, int], dict],
+        save_folder: str,
+        imp: Optional[IMPConfig] = None,
+        config: Optional[dict] = None,
+        overwrite: bool = False,
+    ):
+        self.model_fn = model_fn
+        self.trainer_kwargs_fn = trainer_kwargs_fn
+        self.imp = imp or IMPConfig()
+        self.imp.validate()
+        self.folder = RunFolder(save_folder)
+        self.config = config if config is not None else {'imp': dataclasses.asdict(self.imp)}
+        self.overwrite = overwrite
+        self.rows: list[dict] = []
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def run(self) -> list[dict]:
+        """Train every level; return the summary rows (also in ``save_folder/summary.json``)."""
+        self._check_folder()
+        mask: Optional[Mask] = None
+        for level in range(self.imp.levels + 1):
+            if self.folder.is_done(level):
+                row = self.folder.read_row(level)
+                mask = load_mask(self.folder.mask(level))
+                self._print(f'level {level:02d} already done ({100 * row["weights_remaining"]:.1f}% weights remaining), skipped')
+            else:
+                start = time.perf_counter()
+                mask, ratio = self._next_mask(level, mask)
+                row = self._train_level(level, mask, ratio, start)
+            self.rows.append(row)
+            if dist.get_global_rank() == 0:
+                self.folder.write_summary(self.rows)
+        self._print_verdict()
+        return self.rows
+
+    def _print_verdict(self) -> None:
+        dense = self.rows[0].get('accuracy')
+        if dense is None:
+            return
+        matching = [r for r in self.rows[1:] if r['accuracy'] is not None and r['accuracy'] >= dense - 0.01]
+        if matching:
+            best = min(matching, key=lambda r: r['weights_remaining'])
+            self._print(f'sparsest level within 1 point of dense accuracy: level {best["level"]:02d}, '
+                        f'{100 * best["weights_remaining"]:.1f}% weights remaining, accuracy {100 * best["accuracy"]:.2f}% '
+                        f'(dense {100 * dense:.2f}%). Summary: {self.folder.summary}')
+        else:
+            self._print(f'no pruned level came within 1 point of dense accuracy ({100 * dense:.2f}%). Summary: {self.folder.summary}')
+
+    # ---- steps -------------------------------------------------------------------------------
+    def _resolved_config(self) -> dict:
+        return OmegaConf.to_container(OmegaConf.create(self.config), resolve=True)
+
+    def _check_folder(self) -> None:
+        """Refuse to mix runs; clear the folder only when asked to. Writes nothing else."""
+        resolved = self._resolved_config()
+        if os.path.isfile(self.folder.config) and not self.overwrite:
+            previous = OmegaConf.to_container(OmegaConf.load(self.folder.config), resolve=True)
+            changed = [k for k in _changed_keys(previous, resolved) if k.split(' ')[0] not in RESUMABLE_KEYS]
+            if changed:
+                raise ValueError(
+                    f'{self.folder.root} holds an IMP run made with a different config; changed keys: '
+                    f'{", ".join(changed)}. Use another save_folder, restore those values to resume, '
+                    'or pass overwrite=true (run.py --overwrite) to delete that run and start over.',
+                )
+        elif os.path.isdir(self.folder.level_dir(0)) and not self.overwrite:
+            raise ValueError(f'{self.folder.root} holds level folders but no config.yaml; refusing to mix runs. '
+                             'Use another save_folder or overwrite=true.')
+        if self.overwrite:
+            dist.barrier()
+            if dist.get_global_rank() == 0:
+                self.folder.clear()
+            dist.barrier()
+
+    def _write_config(self) -> None:
+        """Record the config; called once the first level's Trainer arguments have been validated."""
+        if dist.get_global_rank() == 0:
+            os.makedirs(self.folder.root, exist_ok=True)
+            atomic_write_text(OmegaConf.to_yaml(OmegaConf.create(self._resolved_config())), self.folder.config)
+
+    def _next_mask(self, level: int, previous: Optional[Mask]) -> tuple[Mask, float]:
+        """The mask level ``level`` trains under, and the ratio that produced it (rank 0 decides, all ranks get it)."""
+        if os.path.isfile(self.folder.mask(level)):  # written before an interruption: reuse, never recompute
+            mask = load_mask(self.folder.mask(level))
+            ratio = 0.0 if level == 0 else 1.0 - sum(int(m.sum()) for m in mask.values()) / sum(int(m.sum()) for m in previous.values())
+            return mask, ratio
+        if level == 0:
+            mask, ratio = full_mask(self.model_fn(), self.imp.ignore), 0.0
+        else:
+            ratio = float(self.imp.ratio)
+            mask = None
+            if dist.get_global_rank() == 0:
+                mask = magnitude_prune(self.folder.load_weights(level - 1), previous, ratio, self.imp.scope)
+            holder = [mask]
+            dist.broadcast_object_list(holder, src=0)
+            mask = holder[0]
+        return mask, ratio
+
+    def _trainer_kwargs(self, model: ComposerModel, level: int, mask: Mask) -> dict:
+        kwargs = dict(self.trainer_kwargs_fn(model, level))
+        reserved = sorted(set(kwargs) & set(RESERVED_TRAINER_KWARGS))
+        if reserved:
+            raise ValueError(f'trainer_kwargs_fn returned {reserved}, which the IMP orchestrator sets itself '
+                             '(each level loads the rewind point and saves into its own folder). Remove them.')
+        algorithms = list(ensure_tuple(kwargs.pop('algorithms', None) or []))
+        callbacks = list(ensure_tuple(kwargs.pop('callbacks', None) or []))
+        if level == 0:
+            self._check_rewind_before_end(kwargs)
+            callbacks.append(RewindCheckpoint(self.imp.rewind, self.folder.rewind))
+        else:
+            if not os.path.isfile(self.folder.rewind):
+                raise FileNotFoundError(f'The rewind checkpoint {self.folder.rewind} is missing; level 0 must finish first.')
+            algorithms.append(KeepMask(mask))
+            kwargs.update(load_path=self.folder.rewind, load_weights_only=False)
+            if self._rewinds_to_start(kwargs):
+                # At step 0 the dense run's optimizer had no state; the checkpoint's is an artifact of saving.
+                kwargs['load_ignore_keys'] = list(kwargs.get('load_ignore_keys') or []) + ['state/optimizers']
+        if self.imp.checkpoint_interval:
+            kwargs.update(save_folder=self.folder.checkpoints(level), save_interval=self.imp.checkpoint_interval,
+                          save_num_checkpoints_to_keep=1, autoresume=True)
+        base = str(self.config.get('run_name') or os.path.basename(self.folder.root) or 'imp')
+        return dict(kwargs, model=model, algorithms=algorithms, callbacks=callbacks, run_name=f'{base}-level{level:02d}')
+
+    def _rewinds_to_start(self, kwargs: dict) -> bool:
+        return rewind_batches(self.imp.rewind, _batches_per_epoch(kwargs) or 0) == 0
+
+    def _check_rewind_before_end(self, kwargs: dict) -> None:
+        per_epoch = _batches_per_epoch(kwargs)
+        tau = rewind_batches(self.imp.rewind, per_epoch or 0)
+        total = _to_batches(kwargs.get('max_duration'), per_epoch) if kwargs.get('max_duration') is not None else None
+        if total is not None and tau >= total:
+            raise ValueError(f'imp.rewind={self.imp.rewind!r} ({tau} batches) is not before max_duration='
+                             f'{kwargs["max_duration"]!r} ({total} batches); choose an earlier rewind step.')
+
+    def _train_level(self, level: int, mask: Mask, ratio: float, start: float) -> dict:
+        model = self.model_fn()
+        kwargs = self._trainer_kwargs(model, level, mask)  # validates before anything is written
+        self._write_config()
+        if dist.get_global_rank() == 0 and not os.path.isfile(self.folder.mask(level)):
+            os.makedirs(self.folder.level_dir(level), exist_ok=True)
+            atomic_torch_save(mask, self.folder.mask(level))  # before training: a resumed level reuses it
+        dist.barrier()
+        with warnings.catch_warnings():
+            # Expected: the dense rewind checkpoint was written before KeepMask existed.
+            warnings.filterwarnings('ignore', message='KeepMask is not in the state_dict')
+            trainer = Trainer(**kwargs)
+        start_batch = int(trainer.state.timestamp.batch)
+        fit_start = time.perf_counter()
+        trainer.fit()
+        fit_end = time.perf_counter()
+
+        state = trainer.state
+        eval_values = {k: float(v) for k, v in state.eval_metric_values.items()}
+        accuracy, loss = _eval_numbers(eval_values)
+        weights = {k: v.detach().cpu().clone() for k, v in unwrap_model(state.model).state_dict().items()}
+        report = sparsity_report(mask)
+        steps = int(state.timestamp.batch) - start_batch
+        previous = self.rows[-1] if self.rows else None
+        row = {
+            'level': level,
+            'weights_remaining': report['weights_remaining'],
+            'remaining': report['remaining'],
+            'prunable': report['total'],
+            'ratio': ratio,
+            'accuracy': accuracy,
+            'loss': loss,
+            'eval': eval_values,
+            'steps': steps,
+            'start_step': start_batch,
+            'cumulative_steps': steps + (previous['cumulative_steps'] if previous else 0),
+        }
+        trainer.logger.log_metrics({
+            'imp/level': level, 'imp/weights_remaining': row['weights_remaining'], 'imp/ratio': ratio,
+            **({'imp/accuracy': accuracy} if accuracy is not None else {}), **({'imp/loss': loss} if loss is not None else {}),
+        })
+        trainer.close()
+        if dist.get_global_rank() == 0:
+            os.makedirs(self.folder.level_dir(level), exist_ok=True)
+            atomic_torch_save(weights, self.folder.weights(level))
+        done = time.perf_counter()
+        row.update(
+            fit_seconds=fit_end - fit_start,
+            overhead_seconds=(fit_start - start) + (done - fit_end),
+            wall_seconds=done - start,
+        )
+        row['overhead_fraction'] = row['overhead_seconds'] / row['wall_seconds']
+        if dist.get_global_rank() == 0:
+            atomic_write_text(json.dumps(row, indent=2), self.folder.level_json(level))  # last: marks the level done
+        dist.barrier()
+        dense = self.rows[0]['accuracy'] if self.rows else accuracy
+        acc_txt = f'accuracy {100 * accuracy:.2f}% (dense {100 * dense:.2f}%)' if accuracy is not None and dense is not None else 'no accuracy metric'
+        self._print(f'level {level:02d}/{self.imp.levels:02d}: {100 * row["weights_remaining"]:.1f}% weights remaining '
+                    f'(pruned {100 * ratio:.0f}%), {acc_txt}, loss {loss if loss is None else round(loss, 4)}, '
+                    f'{steps} steps from step {start_batch}, {row["wall_seconds"]:.1f} s (overhead {row["overhead_seconds"]:.2f} s)')
+        return row
+
+    @staticmethod
+    def _print(message: str) -> None:
+        if dist.get_global_rank() == 0:
+            print(f'[composer-imp] {message}', flush=True)
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = '') -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [c for k in keys for c in _changed_keys(old.get(k, '<unset>'), new.get(k, '<unset>'), f'{prefix}{k}.')]
+    return [] if old == new else [f'{prefix[:-1]} ({old!r} -> {new!r})']
+
+
+def find_ticket(
+    model_fn: Callable[[], ComposerModel],
+    trainer_kwargs_fn: Callable[[ComposerModel, int], dict],
+    save_folder: str,
+    imp: Optional[IMPConfig] = None,
+    **kwargs: Any,
+) -> list[dict]:
+    """Functional form of :class:`LevelOrchestrator`: run IMP-WR and return the summary rows."""
+    return LevelOrchestrator(model_fn, trainer_kwargs_fn, save_folder, imp, **kwargs).run()

@@ -1,0 +1,97 @@
+"""The rewind point: a full Composer checkpoint of the dense run at step τ.
+
+Every pruned level starts from this checkpoint with ``Trainer(load_path=..., load_weights_only=False)``,
+so it restores, as the dense run had them at step τ:
+
+* the weights ``w_τ`` (then :class:`~composer_imp.algorithms.KeepMask` zeroes the pruned ones),
+* the optimizer state (momentum / Adam moments at τ; pruned entries are zeroed by ``KeepMask``),
+* the schedulers and the timestamp, so the learning rate continues from the *absolute* step τ,
+* the RNG state and the dataloader position, so every level sees the dense run's data order from τ on.
+
+Example:
+    >>> trainer = Trainer(..., callbacks=[RewindCheckpoint('2000ba', 'runs/x/rewind/rewind.pt')])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Union
+
+from composer.core import Callback, Event, State, Time, TimeUnit
+from composer.loggers import Logger
+from composer.utils import checkpoint, dist
+
+__all__ = ['RewindCheckpoint', 'parse_rewind', 'rewind_batches']
+
+
+def parse_rewind(rewind: Union[str, int, Time]) -> Time:
+    """Parse τ: an int (batches) or a Composer time string in batches or epochs (``'2000ba'``, ``'1ep'``)."""
+    if isinstance(rewind, bool):
+        raise ValueError(f'imp.rewind must be a Composer time such as "2000ba" or "1ep"; got {rewind!r}.')
+    if isinstance(rewind, int):
+        rewind = Time(rewind, TimeUnit.BATCH)
+    elif isinstance(rewind, str):
+        try:
+            rewind = Time.from_timestring(rewind.strip())
+        except (ValueError, TypeError) as e:
+            raise ValueError(f'imp.rewind={rewind!r} is not a Composer time string; use e.g. "2000ba" or "1ep".') from e
+    if rewind.unit not in (TimeUnit.BATCH, TimeUnit.EPOCH):
+        raise ValueError(f'imp.rewind must be in batches ("ba") or epochs ("ep"); got {rewind}.')
+    if rewind.value < 0:
+        raise ValueError(f'imp.rewind must be >= 0; got {rewind}.')
+    return rewind
+
+
+def rewind_batches(rewind: Union[str, int, Time], batches_per_epoch: int) -> int:
+    """τ in optimizer steps."""
+    tau = parse_rewind(rewind)
+    return int(tau.value) * (batches_per_epoch if tau.unit == TimeUnit.EPOCH else 1)
+
+
+class RewindCheckpoint(Callback):
+    """Save a full Composer checkpoint at step τ (``0`` means before the first step).
+
+    Args:
+        rewind: τ as an int (batches) or a time string in batches or epochs.
+        path: where to write the checkpoint (rank 0 writes; every rank must run this callback).
+    """
+
+    def __init__(self, rewind: Union[str, int, Time], path: str):
+        self.rewind = parse_rewind(rewind)
+        self.path = path
+        self.tau: int = -1
+        self.saved = False
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        self.tau = rewind_batches(self.rewind, state.dataloader_len.value if state.dataloader_len is not None else 0)
+        if self.tau > 0 and self.rewind.unit == TimeUnit.EPOCH and state.dataloader_len is None:
+            raise ValueError('imp.rewind in epochs needs a train dataloader with a length; give it in batches.')
+        if self.tau == int(state.timestamp.batch):
+            self._save(state)
+
+    def batch_checkpoint(self, state: State, logger: Logger) -> None:
+        if not self.saved and int(state.timestamp.batch) == self.tau:
+            self._save(state)
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        if not self.saved:
+            raise RuntimeError(
+                f'The run ended at {state.timestamp.batch} before the rewind step τ={self.tau} batches: '
+                'imp.rewind must be earlier than max_duration.',
+            )
+
+    def _save(self, state: State) -> None:
+        if dist.get_global_rank() == 0:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(self.path), 'partial-' + os.path.basename(self.path))
+        # Saving an optimizer without state (τ = 0) makes torch initialize it with a zero-grad step,
+        # which fills momentum with weight_decay * w. Undo that so the checkpoint leaves training untouched;
+        # levels rewound to τ = 0 skip loading optimizer state (see LevelOrchestrator).
+        stateless = [opt for opt in state.optimizers if not opt.state]
+        checkpoint.save_checkpoint(state, tmp)
+        for opt in stateless:
+            opt.state.clear()
+        if dist.get_global_rank() == 0:
+            os.replace(tmp, self.path)  # appear whole or not at all
+        dist.barrier()
+        self.saved = True

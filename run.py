@@ -1,0 +1,34 @@
+"""Find a lottery ticket with IMP and weight rewinding from a YAML recipe.
+
+    python run.py -f yamls/quickstart.yaml [key=value ...] [--overwrite]
+    composer -n 8 run.py -f yamls/r50_imp.yaml
+
+Overrides are OmegaConf dotted keys (imp.levels=3 seed=2 optimizer.lr=0.05).
+"""
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('-f', '--file', required=True, help='YAML recipe, e.g. yamls/quickstart.yaml')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='delete the results of an earlier run in save_folder and start over')
+    parser.add_argument('overrides', nargs='*', help='dotted key=value overrides')
+    args = parser.parse_args(argv)
+
+    from composer_imp.config import ConfigError, load_config
+    from composer_imp.recipes import run_config
+
+    try:
+        cfg = load_config(args.file, args.overrides)
+        run_config(cfg, overwrite=True if args.overwrite else None)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f'composer-imp: error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
