@@ -136,6 +136,8 @@ class LevelOrchestrator:
         config: the full resolved configuration to record in ``config.yaml`` (defaults to ``imp``);
             re-running on a folder recorded with a different one is refused unless ``overwrite``.
         overwrite: remove a previous run's artifacts in ``save_folder`` and start over.
+        device: the device the Trainers use (``'cpu'``, ``'gpu'``, ``None`` = GPU when available); under
+            Composer's launcher it picks the distributed backend (gloo or NCCL).
     """
 
     def __init__(
@@ -146,7 +148,9 @@ class LevelOrchestrator:
         imp: Optional[IMPConfig] = None,
         config: Optional[dict] = None,
         overwrite: bool = False,
+        device: Optional[str] = None,
     ):
+        self.device = device
         self.model_fn = model_fn
         self.trainer_kwargs_fn = trainer_kwargs_fn
         self.imp = imp or IMPConfig()
@@ -159,6 +163,9 @@ class LevelOrchestrator:
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> list[dict]:
         """Train every level; return the summary rows (also in ``save_folder/summary.json``)."""
+        if dist.get_world_size() > 1:
+            # Under `composer -n N`: the masks are broadcast and the folder guarded before the first Trainer exists.
+            dist.initialize_dist(self.device)
         self._check_folder()
         mask: Optional[Mask] = None
         for level in range(self.imp.levels + 1):

@@ -27,7 +27,7 @@ import composer.optim
 import torch
 from composer.core import Time, TimeUnit
 from composer.models import ComposerModel
-from composer.utils import reproducibility
+from composer.utils import dist, reproducibility
 from omegaconf import DictConfig, OmegaConf
 
 from composer_imp.config import ConfigError
@@ -81,6 +81,9 @@ class Recipe:
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
+        self.device = None if cfg.device == 'auto' else cfg.device
+        if dist.get_world_size() > 1:
+            dist.initialize_dist(self.device)  # samplers and validation need the process group
         data_name, data_kwargs = _split(cfg.data)
         loader_keys = ('batch_size', 'eval_batch_size', 'num_workers', 'drop_last')
         loader_kwargs = {k: data_kwargs.pop(k) for k in loader_keys if k in data_kwargs}
@@ -123,7 +126,7 @@ class Recipe:
             algorithms=_named_objects(cfg.algorithms, composer.algorithms, 'algorithms'),
             callbacks=_named_objects(cfg.callbacks, composer.callbacks, 'callbacks'),
             loggers=_named_objects(cfg.loggers, composer.loggers, 'loggers'),
-            device=None if cfg.device == 'auto' else cfg.device,
+            device=self.device,
         )
         if cfg.precision is not None:
             kwargs['precision'] = cfg.precision
@@ -178,5 +181,6 @@ def run_config(cfg: DictConfig, overwrite: Optional[bool] = None) -> list[dict]:
         recipe.imp,
         config={k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != 'overwrite'},
         overwrite=bool(cfg.overwrite if overwrite is None else overwrite),
+        device=recipe.device,
     )
     return orchestrator.run()

@@ -1,0 +1,39 @@
+"""Run under `composer -n 2`: a short IMP run where every rank dumps what it trained, for tests/test_ddp.py."""
+
+import sys
+
+import torch
+from composer import Callback
+from composer.utils import dist
+
+from composer_imp.algorithms import KeepMask
+from composer_imp.config import load_config
+from composer_imp.masks import unwrap_model
+from composer_imp.orchestrator import LevelOrchestrator
+from composer_imp.recipes import build_recipe
+
+
+class DumpRankState(Callback):
+    def __init__(self, out, level):
+        self.out, self.level = out, level
+
+    def fit_end(self, state, logger):
+        masks = [a.mask for a in state.algorithms if isinstance(a, KeepMask)]
+        torch.save({'weights': unwrap_model(state.model).state_dict(), 'mask': masks[0] if masks else None},
+                   f'{self.out}/rank{dist.get_global_rank()}_level{self.level}.pt')
+
+
+def main(yaml, out, *overrides):
+    cfg = load_config(yaml, list(overrides))
+    recipe = build_recipe(cfg)
+
+    def trainer_kwargs_fn(model, level):
+        kwargs = recipe.trainer_kwargs_fn(model, level)
+        kwargs['callbacks'] = kwargs['callbacks'] + [DumpRankState(out, level)]
+        return kwargs
+
+    LevelOrchestrator(recipe.model_fn, trainer_kwargs_fn, cfg.save_folder, recipe.imp, device=recipe.device).run()
+
+
+if __name__ == '__main__':
+    main(*sys.argv[1:])
