@@ -63,8 +63,9 @@ def _check_keys(user: dict, schema: type, prefix: str = '') -> None:
             close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.5)
             hint = f" Did you mean '{prefix}{close[0]}'?" if close else ''
             raise ConfigError(f"Unknown config key '{prefix}{key}'.{hint} Valid keys here: {', '.join(sorted(fields))}.")
-        if key == 'imp' and isinstance(value, dict):
-            _check_keys(value, IMPConfig, 'imp.')
+        nested = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(nested) and isinstance(value, dict):
+            _check_keys(value, nested, f'{prefix}{key}.')
 
 
 def config_from_dict(user: dict) -> DictConfig:

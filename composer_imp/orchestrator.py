@@ -43,7 +43,9 @@ from composer.models import ComposerModel
 from composer.utils import dist, ensure_tuple
 from omegaconf import OmegaConf
 
+from composer_imp.adaptive import FORWARD_FRACTION_OF_STEP, AdaptiveConfig, LossStatistics, sweep_ratio
 from composer_imp.algorithms import KeepMask
+from composer_imp.evaluate import evaluate_losses, fixed_subsample
 from composer_imp.artifacts import RunFolder, atomic_torch_save, atomic_write_text
 from composer_imp.masks import Mask, full_mask, load_mask, magnitude_prune, sparsity_report, unwrap_model
 from composer_imp.rewind import RewindCheckpoint, parse_rewind, rewind_batches
@@ -70,6 +72,9 @@ class IMPConfig:
         scope: ``'global'`` magnitude pruning across layers (the paper) or ``'layerwise'``.
         checkpoint_interval: if set (e.g. ``'1ep'``), each level saves Composer checkpoints in
             ``level_XX/checkpoints`` at this interval and an interrupted level autoresumes from the latest.
+        target_sparsity: stop at the first level whose sparsity (fraction of prunable weights removed)
+            reaches this, e.g. 0.9 leaves 10%; ``levels`` stays the cap.
+        adaptive: :class:`~composer_imp.adaptive.AdaptiveConfig`, the per-level ratio sweep (AdaptiveIMP).
     """
 
     levels: int = 5
@@ -78,8 +83,18 @@ class IMPConfig:
     ignore: list = field(default_factory=list)
     scope: str = 'global'
     checkpoint_interval: Optional[str] = None
+    target_sparsity: Optional[float] = None
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+
+    def __post_init__(self):
+        if isinstance(self.adaptive, dict):
+            self.adaptive = AdaptiveConfig(**self.adaptive)
 
     def validate(self) -> None:
+        self.adaptive.validate()
+        if self.target_sparsity is not None and not 0 < self.target_sparsity < 1:
+            raise ValueError(f'imp.target_sparsity must lie strictly between 0 and 1 (fraction of prunable weights '
+                             f'removed; 0.9 leaves 10%); got {self.target_sparsity!r}.')
         if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 0:
             raise ValueError(f'imp.levels must be a whole number >= 0 (pruned levels after the dense one); got {self.levels!r}.')
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0.0 < float(self.ratio) < 1.0:
@@ -174,12 +189,14 @@ class LevelOrchestrator:
                 mask = load_mask(self.folder.mask(level))
                 self._print(f'level {level:02d} already done ({100 * row["weights_remaining"]:.1f}% weights remaining), skipped')
             else:
-                start = time.perf_counter()
-                mask, ratio = self._next_mask(level, mask)
-                row = self._train_level(level, mask, ratio, start)
+                row, mask = self._train_level(level, mask)
             self.rows.append(row)
             if dist.get_global_rank() == 0:
                 self.folder.write_summary(self.rows)
+            target = self.imp.target_sparsity
+            if target is not None and 1.0 - row['weights_remaining'] >= target - 1e-12:
+                self._print(f'imp.target_sparsity={target} reached at level {level:02d}')
+                break
         self._print_verdict()
         return self.rows
 
@@ -227,26 +244,55 @@ class LevelOrchestrator:
             os.makedirs(self.folder.root, exist_ok=True)
             atomic_write_text(OmegaConf.to_yaml(OmegaConf.create(self._resolved_config())), self.folder.config)
 
-    def _next_mask(self, level: int, previous: Optional[Mask]) -> tuple[Mask, float]:
-        """The mask level ``level`` trains under, and the ratio that produced it (rank 0 decides, all ranks get it)."""
+    def _next_mask(self, level: int, previous: Optional[Mask], model: ComposerModel, kwargs: dict) -> tuple[Mask, float, Optional[dict]]:
+        """The mask level ``level`` trains under, the ratio that made it and the sweep report (rank 0 decides)."""
         if os.path.isfile(self.folder.mask(level)):  # written before an interruption: reuse, never recompute
             mask = load_mask(self.folder.mask(level))
-            ratio = 0.0 if level == 0 else 1.0 - sum(int(m.sum()) for m in mask.values()) / sum(int(m.sum()) for m in previous.values())
-            return mask, ratio
+            if level == 0:
+                return mask, 0.0, None
+            ratio = 1.0 - sum(int(m.sum()) for m in mask.values()) / sum(int(m.sum()) for m in previous.values())
+            return mask, ratio, None
         if level == 0:
-            mask, ratio = full_mask(self.model_fn(), self.imp.ignore), 0.0
-        else:
-            ratio = float(self.imp.ratio)
-            mask = None
-            if dist.get_global_rank() == 0:
-                mask = magnitude_prune(self.folder.load_weights(level - 1), previous, ratio, self.imp.scope)
-            holder = [mask]
-            dist.broadcast_object_list(holder, src=0)
-            mask = holder[0]
-        return mask, ratio
+            return full_mask(model, self.imp.ignore), 0.0, None
+        holder: list = [None]
+        if dist.get_global_rank() == 0:
+            weights = self.folder.load_weights(level - 1)
+            ratio, sweep = float(self.imp.ratio), None
+            if self.imp.adaptive.enabled:
+                sweep = self._sweep(model, weights, previous, kwargs)
+                ratio = max(sweep['chosen'] or 0.0, float(self.imp.ratio))
+                sweep['pruned'] = ratio
+            holder = [(magnitude_prune(weights, previous, ratio, self.imp.scope), ratio, sweep)]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
 
-    def _trainer_kwargs(self, model: ComposerModel, level: int, mask: Mask) -> dict:
-        kwargs = dict(self.trainer_kwargs_fn(model, level))
+    def _sweep(self, model: ComposerModel, weights: Mask, mask: Mask, kwargs: dict) -> dict:
+        """AdaptiveIMP's ratio sweep at the level solution ``weights`` (see composer_imp.adaptive)."""
+        cfg = self.imp.adaptive
+        tic = time.perf_counter()
+        if 'epsilon' not in self.rows[0]:
+            raise ValueError('imp.adaptive needs the loss statistics of the dense level 0 (epsilon), which this run '
+                             'did not record; start a new run (another save_folder or --overwrite).')
+        loader = kwargs['train_dataloader']
+        batches = fixed_subsample(loader.dataset, cfg.subsample, cfg.batch_size, seed=0)
+        stats = self.rows[0]
+        forwards = 0
+        if cfg.baseline == 'eval':
+            dense = evaluate_losses(model, [self.folder.load_weights(0)], batches)[0]
+            forwards += cfg.subsample
+        else:
+            dense = stats['train_loss_mean']
+        threshold = dense + stats['epsilon']
+        result = sweep_ratio(model, weights, mask, batches, threshold, cfg, self.imp.scope)
+        forwards += result.forward_samples
+        global_batch = (loader.batch_size or 1) * dist.get_world_size()
+        return {'epsilon': stats['epsilon'], 'baseline': cfg.baseline, 'dense_loss': dense, 'threshold': threshold,
+                'table': result.table, 'chosen': result.ratio, 'forward_samples': forwards,
+                'step_equivalents': forwards * FORWARD_FRACTION_OF_STEP / global_batch,
+                'seconds': time.perf_counter() - tic}
+
+    def _trainer_kwargs(self, kwargs: dict, model: ComposerModel, level: int, mask: Mask) -> dict:
+        kwargs = dict(kwargs)
         reserved = sorted(set(kwargs) & set(RESERVED_TRAINER_KWARGS))
         if reserved:
             raise ValueError(f'trainer_kwargs_fn returned {reserved}, which the IMP orchestrator sets itself '
@@ -255,7 +301,8 @@ class LevelOrchestrator:
         callbacks = list(ensure_tuple(kwargs.pop('callbacks', None) or []))
         if level == 0:
             self._check_rewind_before_end(kwargs)
-            callbacks.append(RewindCheckpoint(self.imp.rewind, self.folder.rewind))
+            self._check_adaptive(kwargs)
+            callbacks += [RewindCheckpoint(self.imp.rewind, self.folder.rewind), LossStatistics()]
         else:
             if not os.path.isfile(self.folder.rewind):
                 raise FileNotFoundError(f'The rewind checkpoint {self.folder.rewind} is missing; level 0 must finish first.')
@@ -270,6 +317,19 @@ class LevelOrchestrator:
         base = str(self.config.get('run_name') or os.path.basename(self.folder.root) or 'imp')
         return dict(kwargs, model=model, algorithms=algorithms, callbacks=callbacks, run_name=f'{base}-level{level:02d}')
 
+    def _check_adaptive(self, kwargs: dict) -> None:
+        if not self.imp.adaptive.enabled:
+            return
+        dataset = getattr(kwargs.get('train_dataloader'), 'dataset', None)
+        try:
+            size = len(dataset)  # type: ignore[arg-type]
+        except TypeError:
+            raise ValueError('imp.adaptive needs a train dataloader over a map-style dataset (with a length) to draw '
+                             'its fixed training subsample from.') from None
+        if self.imp.adaptive.subsample > size:
+            raise ValueError(f'imp.adaptive.subsample={self.imp.adaptive.subsample} is larger than the training set '
+                             f'({size} examples); choose at most {size}.')
+
     def _rewinds_to_start(self, kwargs: dict) -> bool:
         return rewind_batches(self.imp.rewind, _batches_per_epoch(kwargs) or 0) == 0
 
@@ -281,9 +341,14 @@ class LevelOrchestrator:
             raise ValueError(f'imp.rewind={self.imp.rewind!r} ({tau} batches) is not before max_duration='
                              f'{kwargs["max_duration"]!r} ({total} batches); choose an earlier rewind step.')
 
-    def _train_level(self, level: int, mask: Mask, ratio: float, start: float) -> dict:
+    def _train_level(self, level: int, previous: Optional[Mask]) -> tuple[dict, Mask]:
+        start = time.perf_counter()
         model = self.model_fn()
-        kwargs = self._trainer_kwargs(model, level, mask)  # validates before anything is written
+        user_kwargs = self.trainer_kwargs_fn(model, level)
+        if level == 0:  # validate before anything is written
+            self._trainer_kwargs(user_kwargs, model, 0, full_mask(model, self.imp.ignore))
+        mask, ratio, sweep = self._next_mask(level, previous, model, user_kwargs)
+        kwargs = self._trainer_kwargs(user_kwargs, model, level, mask)
         self._write_config()
         if dist.get_global_rank() == 0 and not os.path.isfile(self.folder.mask(level)):
             os.makedirs(self.folder.level_dir(level), exist_ok=True)
@@ -304,7 +369,7 @@ class LevelOrchestrator:
         weights = {k: v.detach().cpu().clone() for k, v in unwrap_model(state.model).state_dict().items()}
         report = sparsity_report(mask)
         steps = int(state.timestamp.batch) - start_batch
-        previous = self.rows[-1] if self.rows else None
+        prev_row = self.rows[-1] if self.rows else None
         row = {
             'level': level,
             'weights_remaining': report['weights_remaining'],
@@ -316,8 +381,15 @@ class LevelOrchestrator:
             'eval': eval_values,
             'steps': steps,
             'start_step': start_batch,
-            'cumulative_steps': steps + (previous['cumulative_steps'] if previous else 0),
+            'cumulative_steps': steps + (prev_row['cumulative_steps'] if prev_row else 0),
+            'sweep': sweep,
         }
+        # Compute in training-step equivalents: training steps plus the sweep's forward passes.
+        row['compute'] = steps + (sweep['step_equivalents'] if sweep else 0.0)
+        row['cumulative_compute'] = row['compute'] + (prev_row['cumulative_compute'] if prev_row else 0.0)
+        stats = next((cb for cb in kwargs['callbacks'] if isinstance(cb, LossStatistics)), None)
+        if stats is not None:
+            row.update(stats.result())
         trainer.logger.log_metrics({
             'imp/level': level, 'imp/weights_remaining': row['weights_remaining'], 'imp/ratio': ratio,
             **({'imp/accuracy': accuracy} if accuracy is not None else {}), **({'imp/loss': loss} if loss is not None else {}),
@@ -338,10 +410,16 @@ class LevelOrchestrator:
         dist.barrier()
         dense = self.rows[0]['accuracy'] if self.rows else accuracy
         acc_txt = f'accuracy {100 * accuracy:.2f}% (dense {100 * dense:.2f}%)' if accuracy is not None and dense is not None else 'no accuracy metric'
+        if sweep:
+            passed = [t['ratio'] for t in sweep['table'] if t['within']]
+            self._print(f'sweep before level {level:02d}: threshold {sweep["threshold"]:.4f} (dense {sweep["baseline"]} loss '
+                        f'{sweep["dense_loss"]:.4f} + eps {sweep["epsilon"]:.4f}); ratios within: {passed or "none"}, '
+                        f'first outside: {next((t["ratio"] for t in sweep["table"] if not t["within"]), "none")} -> prune '
+                        f'{sweep["pruned"]:.2f}; sweep cost {sweep["step_equivalents"]:.1f} step-equivalents')
         self._print(f'level {level:02d}/{self.imp.levels:02d}: {100 * row["weights_remaining"]:.1f}% weights remaining '
                     f'(pruned {100 * ratio:.0f}%), {acc_txt}, loss {loss if loss is None else round(loss, 4)}, '
                     f'{steps} steps from step {start_batch}, {row["wall_seconds"]:.1f} s (overhead {row["overhead_seconds"]:.2f} s)')
-        return row
+        return row, mask
 
     @staticmethod
     def _print(message: str) -> None:
