@@ -197,6 +197,10 @@ class LevelOrchestrator:
             if target is not None and 1.0 - row['weights_remaining'] >= target - 1e-12:
                 self._print(f'imp.target_sparsity={target} reached at level {level:02d}')
                 break
+        if dist.get_global_rank() == 0:
+            from composer_imp.plots import plot_accuracy_vs_compute  # lazy: keeps `python -m composer_imp.plots` clean
+            plot_accuracy_vs_compute({os.path.basename(self.folder.root): self.rows},
+                                     os.path.join(self.folder.root, 'accuracy_vs_compute.png'))
         self._print_verdict()
         return self.rows
 

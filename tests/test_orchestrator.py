@@ -83,6 +83,8 @@ def test_user_recipe_gets_imp_with_all_outputs(tmp_path, user_loaders):
             assert torch.all(weights[k][~m] == 0)
     assert os.path.isfile(tmp_path / 'rewind' / 'rewind.pt')
     assert os.path.isfile(tmp_path / 'config.yaml')
+    png = tmp_path / 'accuracy_vs_compute.png'
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and png.stat().st_size > 10_000
 
     # Per-level metrics reached the run's own Composer loggers.
     assert len(loggers) == 4
