@@ -50,6 +50,8 @@ class AdaptiveConfig:
         subsample: training examples the sweep evaluates on (fixed for the whole run).
         batch_size: evaluation batch size of the sweep.
         baseline: ``'eval'`` or ``'train'``: which dense loss the threshold adds ε to (see module doc).
+        recalibrate_bn: recompute BatchNorm statistics of every evaluated network on the subsample
+            before evaluating it (one more forward pass per point, counted in the compute).
     """
 
     enabled: bool = False
@@ -58,6 +60,7 @@ class AdaptiveConfig:
     subsample: int = 1024
     batch_size: int = 512
     baseline: str = 'eval'
+    recalibrate_bn: bool = True
 
     def validate(self) -> None:
         if not self.ratios:
@@ -132,8 +135,9 @@ def sweep_ratio(
         if beta not in row['path_losses']:
             new_mask = magnitude_prune(weights, mask, ratio, scope)
             projection = {k: (v * new_mask[k].to(v.dtype) if k in new_mask else v) for k, v in weights.items()}
-            row['path_losses'][beta] = evaluate_losses(model, interpolate(weights, projection, [beta]), batches)[0]
-            forwards += n_samples
+            point = interpolate(weights, projection, [beta])
+            row['path_losses'][beta] = evaluate_losses(model, point, batches, config.recalibrate_bn)[0]
+            forwards += n_samples * (2 if config.recalibrate_bn else 1)
         return row['path_losses'][beta]
 
     def ok(value: float) -> bool:

@@ -4,8 +4,11 @@ Shared by the adaptive ratio sweep (and meant for the landscape analyses), so th
 the subsample and the batching cannot drift apart. Weights are swapped in with
 ``torch.func.functional_call`` — no ``load_state_dict`` copy per evaluated point.
 
-BatchNorm: evaluation runs in eval mode with the *interpolated* running statistics (buffers are
-interpolated like parameters), the paper's default.
+BatchNorm: evaluation runs in eval mode. By default with the *interpolated* running statistics (buffers
+are interpolated like parameters, what the paper's connectivity plots did); with ``recalibrate_bn=True``
+each evaluated network first gets fresh running statistics from a train-mode pass over the same batches
+(cumulative average, no gradient), so a pruned or interpolated network is judged with statistics of its
+own activations rather than those of the network it came from. That pass costs one more forward per point.
 
 Example:
     >>> points = interpolate(w_a, w_b, [0.0, 0.5, 1.0])                 # doctest: +SKIP
@@ -14,16 +17,15 @@ Example:
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from composer.models import ComposerModel
+from torch import nn
 from torch.func import functional_call
 from torch.utils.data import Dataset, default_collate
 
-__all__ = ['interpolate', 'evaluate_losses', 'fixed_subsample', 'EvalBatches']
-
-EvalBatches = list
+__all__ = ['interpolate', 'evaluate_losses', 'recalibrate_batchnorm', 'fixed_subsample']
 
 
 def interpolate(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], betas: Sequence[float]) -> list[dict[str, torch.Tensor]]:
@@ -49,22 +51,58 @@ def fixed_subsample(dataset: Dataset, size: int, batch_size: int, seed: int = 0)
     return [default_collate([dataset[i] for i in idx[s:s + batch_size]]) for s in range(0, size, batch_size)]
 
 
+def _batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+
+
 @torch.no_grad()
-def evaluate_losses(model: ComposerModel, weight_sets: Sequence[Mapping[str, torch.Tensor]], batches: Iterable) -> list[float]:
+def recalibrate_batchnorm(model: ComposerModel, weights: Mapping[str, torch.Tensor], batches: Sequence) -> dict[str, torch.Tensor]:
+    """A copy of ``weights`` whose BatchNorm running statistics are recomputed on ``batches`` (train-mode pass)."""
+    bns = _batchnorms(model)
+    out = dict(weights)
+    for name, bn in bns.items():
+        prefix = f'{name}.' if name else ''
+        out[prefix + 'running_mean'] = torch.zeros_like(weights[prefix + 'running_mean'])
+        out[prefix + 'running_var'] = torch.ones_like(weights[prefix + 'running_var'])
+        out[prefix + 'num_batches_tracked'] = torch.zeros_like(weights[prefix + 'num_batches_tracked'])
+    momenta = {name: bn.momentum for name, bn in bns.items()}
+    was_training = model.training
+    try:
+        for bn in bns.values():
+            bn.momentum = None  # cumulative average over the batches, independent of their number
+        model.train()
+        for batch in batches:
+            functional_call(model, out, (batch,))  # BatchNorm updates the running buffers in `out` in place
+    finally:
+        for name, bn in bns.items():
+            bn.momentum = momenta[name]
+        model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def evaluate_losses(
+    model: ComposerModel,
+    weight_sets: Sequence[Mapping[str, torch.Tensor]],
+    batches: Sequence,
+    recalibrate_bn: bool = False,
+) -> list[float]:
     """Mean loss (``model.loss``) of ``model`` under each weight set over ``batches``, in eval mode.
 
     Each weight set must name every parameter and buffer of ``model`` (a ``state_dict``); the model's
-    own tensors are untouched.
+    own tensors are untouched. ``recalibrate_bn`` recomputes BatchNorm statistics per weight set first.
     """
     was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
+    batches = [[t.to(device) if isinstance(t, torch.Tensor) else t for t in batch] for batch in batches]
     weight_sets = [{k: v.to(device) for k, v in w.items()} for w in weight_sets]  # once, not per batch
+    if recalibrate_bn:
+        weight_sets = [recalibrate_batchnorm(model, w, batches) for w in weight_sets]
+    model.eval()
     totals = [0.0] * len(weight_sets)
     count = 0
     try:
         for batch in batches:
-            batch = [t.to(device) if isinstance(t, torch.Tensor) else t for t in batch]
             n = len(batch[0])
             for i, weights in enumerate(weight_sets):
                 outputs = functional_call(model, weights, (batch,))

@@ -282,8 +282,8 @@ class LevelOrchestrator:
         stats = self.rows[0]
         forwards = 0
         if cfg.baseline == 'eval':
-            dense = evaluate_losses(model, [self.folder.load_weights(0)], batches)[0]
-            forwards += cfg.subsample
+            dense = evaluate_losses(model, [self.folder.load_weights(0)], batches, cfg.recalibrate_bn)[0]
+            forwards += cfg.subsample * (2 if cfg.recalibrate_bn else 1)
         else:
             dense = stats['train_loss_mean']
         threshold = dense + stats['epsilon']

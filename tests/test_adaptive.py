@@ -43,20 +43,21 @@ def trained(digits_loaders):
     return model, {k: v.detach().clone() for k, v in model.state_dict().items()}, batches
 
 
-def _brute_force(model, weights, mask, batches, ratios, betas):
+def _brute_force(model, weights, mask, batches, ratios, betas, recalibrate_bn):
     paths = {}
     for r in ratios:
         m = magnitude_prune(weights, mask, r)
         proj = {k: (v * m[k] if k in m else v) for k, v in weights.items()}
-        paths[r] = evaluate_losses(model, interpolate(weights, proj, betas), batches)
+        paths[r] = evaluate_losses(model, interpolate(weights, proj, betas), batches, recalibrate_bn)
     return paths
 
 
-def test_sweep_matches_exhaustive_search_with_fewer_passes(trained):
+@pytest.mark.parametrize('recalibrate_bn', [True, False])
+def test_sweep_matches_exhaustive_search_with_fewer_passes(trained, recalibrate_bn):
     model, weights, batches = trained
     mask = full_mask(model)
-    cfg = AdaptiveConfig(enabled=True)
-    paths = _brute_force(model, weights, mask, batches, cfg.ratios, cfg.path_points)
+    cfg = AdaptiveConfig(enabled=True, recalibrate_bn=recalibrate_bn)
+    paths = _brute_force(model, weights, mask, batches, cfg.ratios, cfg.path_points, recalibrate_bn)
     maxima = sorted(max(v) for v in paths.values())
     # Thresholds between the exhaustive path maxima exercise every possible answer.
     thresholds = [maxima[0] / 2] + [(a + b) / 2 for a, b in zip(maxima, maxima[1:])] + [maxima[-1] * 2]
@@ -66,11 +67,37 @@ def test_sweep_matches_exhaustive_search_with_fewer_passes(trained):
                         all(all(x <= threshold for x in paths[q]) for q in cfg.ratios if q <= r)), default=None)
         result = sweep_ratio(model, weights, mask, batches, threshold, cfg)
         assert result.ratio == expected, (threshold, result.table)
-        assert result.forward_samples < len(cfg.ratios) * len(cfg.path_points) * 300
+        passes = 2 if recalibrate_bn else 1
+        assert result.forward_samples < len(cfg.ratios) * len(cfg.path_points) * 300 * passes
+        assert result.forward_samples % (300 * passes) == 0
         answers.add(result.ratio)
         again = sweep_ratio(model, weights, mask, batches, threshold, cfg)
         assert again.ratio == result.ratio and again.table == result.table, 'sweep must be deterministic'
     assert len(answers) >= 3
+
+
+def test_batchnorm_recalibration_matches_a_reference_pass(trained):
+    import copy
+    from torch import nn
+    model, weights, batches = trained
+    pruned = {k: (v * magnitude_prune(weights, full_mask(model), 0.8)[k] if k.endswith('conv.weight') else v)
+              for k, v in weights.items()}
+    ref = copy.deepcopy(model)
+    ref.load_state_dict(pruned)
+    for m in ref.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    ref.train()
+    with torch.no_grad():
+        for b in batches:
+            ref(b)
+    expected = evaluate_losses(model, [{k: v.detach() for k, v in ref.state_dict().items()}], batches)[0]
+    got = evaluate_losses(model, [pruned], batches, recalibrate_bn=True)[0]
+    plain = evaluate_losses(model, [pruned], batches)[0]
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert abs(plain - got) > 1e-3, 'recalibration should change the loss of a heavily pruned BN net'
+    assert torch.equal(model.state_dict()['module.bn.running_mean'], weights['module.bn.running_mean']), 'model untouched'
 
 
 def test_interpolation_endpoints_are_exact(trained):
@@ -96,6 +123,7 @@ def test_adaptive_run_prunes_max_of_sweep_and_floor(tmp_path, digits_loaders, ti
         assert sweep['threshold'] == pytest.approx(rows[0]['train_loss_mean'] + rows[0]['epsilon'])
         assert row['ratio'] == pytest.approx(max(sweep['chosen'] or 0.0, 0.2))
         assert row['compute'] == pytest.approx(row['steps'] + sweep['forward_samples'] / (3 * 64))
+        assert sweep['forward_samples'] % 400 == 0  # whole passes over the 200-example subsample, recalibration counted
     assert rows[-1]['cumulative_compute'] == pytest.approx(sum(r['compute'] for r in rows))
     assert 1 - rows[-1]['weights_remaining'] >= 0.5 and (len(rows) == 4 or 1 - rows[-2]['weights_remaining'] < 0.5)
     assert json.loads((tmp_path / 'summary.json').read_text())['levels'][1]['sweep']['table']
