@@ -19,6 +19,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from composer_imp.config import ConfigError, load_config
+    from composer_imp.faults import TrainingDiverged
     from composer_imp.recipes import run_config
 
     try:
@@ -27,6 +28,9 @@ def main(argv=None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f'composer-imp: error: {e}', file=sys.stderr)
         return 2
+    except TrainingDiverged as e:
+        print(f'composer-imp: training diverged: {e}', file=sys.stderr)
+        return 3
     return 0
 
 

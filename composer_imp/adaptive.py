@@ -86,7 +86,7 @@ class LossStatistics(Callback):
         self.last_epoch: list[float] = []
 
     def epoch_start(self, state: State, logger: Logger) -> None:
-        self.current = []
+        self.current = []  # Composer fires EPOCH_START only at batch 0 of an epoch, also when resuming
 
     def batch_end(self, state: State, logger: Logger) -> None:
         # total_loss_dict is already all-reduced across ranks by the Trainer: the global batch loss.
@@ -96,6 +96,14 @@ class LossStatistics(Callback):
 
     def epoch_end(self, state: State, logger: Logger) -> None:
         self.last_epoch = list(self.current)
+
+    # Travels in Composer checkpoints, so a dense level resumed mid-epoch keeps the losses seen before.
+    def state_dict(self) -> dict:
+        return {'current': list(self.current), 'last_epoch': list(self.last_epoch)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.current = list(state.get('current', []))
+        self.last_epoch = list(state.get('last_epoch', []))
 
     def result(self) -> dict:
         losses = self.last_epoch or self.current  # a run shorter than an epoch uses what it has

@@ -8,8 +8,10 @@
       rewind/rewind.pt       Composer checkpoint of the dense run at step τ
       level_00/              dense level
         mask.pt              the mask this level trained under ({name: bool tensor})
+        selection.json       how the mask was chosen (ratio, adaptive sweep report), written with it
         weights.pt           the trained solution (state dict of the unwrapped Composer model)
-        level.json           this level's summary row; written last, it marks the level done
+        level.json           this level's summary row with a manifest (SHA-256 of mask.pt, weights.pt and,
+                             for level 0, rewind.pt); written last, it marks the level done
       level_01/ ...
 
 Every ``.pt`` here loads with ``torch.load(path, weights_only=True)``.
@@ -17,14 +19,25 @@ Every ``.pt`` here loads with ``torch.load(path, weights_only=True)``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import warnings
 from typing import Any, Optional
 
 import torch
 
-__all__ = ['RunFolder', 'atomic_torch_save', 'atomic_write_text']
+__all__ = ['RunFolder', 'atomic_torch_save', 'atomic_write_text', 'sha256']
+
+
+def sha256(path: str) -> str:
+    """Hex SHA-256 of a file (the level manifest records it to detect truncated or corrupted artifacts)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _fsync_replace(tmp: str, path: str) -> None:
@@ -73,6 +86,9 @@ class RunFolder:
     def mask(self, level: int) -> str:
         return os.path.join(self.level_dir(level), 'mask.pt')
 
+    def selection(self, level: int) -> str:
+        return os.path.join(self.level_dir(level), 'selection.json')
+
     def weights(self, level: int) -> str:
         return os.path.join(self.level_dir(level), 'weights.pt')
 
@@ -86,6 +102,37 @@ class RunFolder:
     def is_done(self, level: int) -> bool:
         return all(os.path.isfile(p) for p in (self.level_json(level), self.mask(level), self.weights(level)))
 
+    def manifest(self, level: int) -> dict[str, str]:
+        files = {'mask.pt': self.mask(level), 'weights.pt': self.weights(level)}
+        if level == 0:
+            files['rewind.pt'] = self.rewind
+        return {name: sha256(path) for name, path in files.items()}
+
+    def verify(self, level: int) -> bool:
+        """True if level ``level`` is done and its artifacts match their checksums; else its files are
+        removed (with a warning if they were corrupted) so the level is trained again."""
+        if not self.is_done(level):
+            return False
+        try:
+            recorded = self.read_row(level)['manifest']
+            files = {'mask.pt': self.mask(level), 'weights.pt': self.weights(level), 'rewind.pt': self.rewind}
+            bad = [name for name, digest in recorded.items() if not os.path.isfile(files[name]) or sha256(files[name]) != digest]
+        except (ValueError, KeyError, OSError):  # unreadable or manifest-less level.json
+            bad = ['level.json']
+        if not bad:
+            return True
+        warnings.warn(f'{self.level_dir(level)}: {", ".join(bad)} truncated or corrupted (checksum mismatch); '
+                      f'level {level} will be trained again.')
+        self.forget(level)
+        return False
+
+    def forget(self, level: int) -> None:
+        """Remove a level's artifacts (and, for level 0, the rewind point) so it is redone."""
+        paths = [self.level_json(level), self.weights(level), self.mask(level), self.selection(level)]
+        paths += [self.rewind] if level == 0 else []
+        for path in paths:
+            if os.path.isfile(path):
+                os.remove(path)
     def levels_done(self) -> list[int]:
         done, level = [], 0
         while self.is_done(level):
@@ -108,10 +155,6 @@ class RunFolder:
         return torch.load(self.weights(level), map_location='cpu', weights_only=True)
 
     # ---- writers (rank 0 only) ---------------------------------------------------------------
-    def write_level(self, level: int, weights: dict[str, torch.Tensor], row: dict) -> None:
-        atomic_torch_save(weights, self.weights(level))
-        atomic_write_text(json.dumps(row, indent=2), self.level_json(level))  # last: marks the level done
-
     def write_summary(self, rows: list[dict], extra: Optional[dict] = None) -> None:
         atomic_write_text(json.dumps({'levels': rows, **(extra or {})}, indent=2), self.summary)
 

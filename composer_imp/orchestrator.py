@@ -31,6 +31,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from omegaconf import OmegaConf
 from composer_imp.adaptive import FORWARD_FRACTION_OF_STEP, AdaptiveConfig, LossStatistics, sweep_ratio
 from composer_imp.algorithms import KeepMask
 from composer_imp.evaluate import evaluate_losses, fixed_subsample
+from composer_imp.faults import LossGuard
 from composer_imp.artifacts import RunFolder, atomic_torch_save, atomic_write_text
 from composer_imp.masks import Mask, full_mask, load_mask, magnitude_prune, sparsity_report, unwrap_model
 from composer_imp.rewind import RewindCheckpoint, parse_rewind, rewind_batches
@@ -56,8 +58,8 @@ log = logging.getLogger(__name__)
 
 # The orchestrator owns these: each level loads the rewind point and writes into its own folder.
 RESERVED_TRAINER_KWARGS = ('model', 'load_path', 'load_weights_only', 'save_folder', 'autoresume', 'run_name')
-# Keys a re-run may change without mixing runs: more levels extend a finished run.
-RESUMABLE_KEYS = ('imp.levels', 'progress_bar')
+# Keys a re-run may change without mixing runs: more levels extend a finished run, and a run folder may move.
+RESUMABLE_KEYS = ('imp.levels', 'progress_bar', 'save_folder')
 
 
 @dataclass
@@ -132,6 +134,15 @@ def _batches_per_epoch(kwargs: dict) -> Optional[int]:
         return None
 
 
+def _chance_accuracy(state: Any) -> Optional[float]:
+    for metrics in state.eval_metrics.values():
+        for metric in metrics.values():
+            classes = getattr(metric, 'num_classes', None)
+            if classes:
+                return 1.0 / int(classes)
+    return None
+
+
 def _eval_numbers(values: dict[str, float]) -> tuple[Optional[float], Optional[float]]:
     acc = next((v for k, v in values.items() if 'accuracy' in k.lower()), None)
     loss = next((v for k, v in values.items() if 'crossentropy' in k.lower() or 'loss' in k.lower()), None)
@@ -184,7 +195,7 @@ class LevelOrchestrator:
         self._check_folder()
         mask: Optional[Mask] = None
         for level in range(self.imp.levels + 1):
-            if self.folder.is_done(level):
+            if self._verified(level):
                 row = self.folder.read_row(level)
                 mask = load_mask(self.folder.mask(level))
                 self._print(f'level {level:02d} already done ({100 * row["weights_remaining"]:.1f}% weights remaining), skipped')
@@ -203,6 +214,12 @@ class LevelOrchestrator:
                                      os.path.join(self.folder.root, 'accuracy_vs_compute.png'))
         self._print_verdict()
         return self.rows
+
+    def _verified(self, level: int) -> bool:
+        """Rank 0 checks the level's artifacts against their checksums (removing corrupted ones); all ranks agree."""
+        holder = [self.folder.verify(level) if dist.get_global_rank() == 0 else None]
+        dist.broadcast_object_list(holder, src=0)
+        return bool(holder[0])
 
     def _print_verdict(self) -> None:
         dense = self.rows[0].get('accuracy')
@@ -250,12 +267,11 @@ class LevelOrchestrator:
 
     def _next_mask(self, level: int, previous: Optional[Mask], model: ComposerModel, kwargs: dict) -> tuple[Mask, float, Optional[dict]]:
         """The mask level ``level`` trains under, the ratio that made it and the sweep report (rank 0 decides)."""
-        if os.path.isfile(self.folder.mask(level)):  # written before an interruption: reuse, never recompute
-            mask = load_mask(self.folder.mask(level))
-            if level == 0:
-                return mask, 0.0, None
-            ratio = 1.0 - sum(int(m.sum()) for m in mask.values()) / sum(int(m.sum()) for m in previous.values())
-            return mask, ratio, None
+        if os.path.isfile(self.folder.mask(level)) and os.path.isfile(self.folder.selection(level)):
+            # Chosen before an interruption: reuse, never recompute (a sweep might not repeat bit for bit).
+            with open(self.folder.selection(level)) as f:
+                selection = json.load(f)
+            return load_mask(self.folder.mask(level), model), selection['ratio'], selection['sweep']
         if level == 0:
             return full_mask(model, self.imp.ignore), 0.0, None
         holder: list = [None]
@@ -317,7 +333,11 @@ class LevelOrchestrator:
                 kwargs['load_ignore_keys'] = list(kwargs.get('load_ignore_keys') or []) + ['state/optimizers']
         if self.imp.checkpoint_interval:
             kwargs.update(save_folder=self.folder.checkpoints(level), save_interval=self.imp.checkpoint_interval,
-                          save_num_checkpoints_to_keep=1, autoresume=True)
+                          save_num_checkpoints_to_keep=1, autoresume=True,
+                          # A crash between writing a checkpoint and its `latest` link leaves a file autoresume does not
+                          # know; the resumed run re-creates it, so overwriting it is safe.
+                          save_overwrite=True)
+        callbacks.append(LossGuard(level))
         base = str(self.config.get('run_name') or os.path.basename(self.folder.root) or 'imp')
         return dict(kwargs, model=model, algorithms=algorithms, callbacks=callbacks, run_name=f'{base}-level{level:02d}')
 
@@ -354,15 +374,17 @@ class LevelOrchestrator:
         mask, ratio, sweep = self._next_mask(level, previous, model, user_kwargs)
         kwargs = self._trainer_kwargs(user_kwargs, model, level, mask)
         self._write_config()
-        if dist.get_global_rank() == 0 and not os.path.isfile(self.folder.mask(level)):
+        if dist.get_global_rank() == 0 and not os.path.isfile(self.folder.selection(level)):
             os.makedirs(self.folder.level_dir(level), exist_ok=True)
             atomic_torch_save(mask, self.folder.mask(level))  # before training: a resumed level reuses it
+            atomic_write_text(json.dumps({'ratio': ratio, 'sweep': sweep}, indent=2), self.folder.selection(level))
         dist.barrier()
         with warnings.catch_warnings():
             # Expected: the dense rewind checkpoint was written before KeepMask existed.
             warnings.filterwarnings('ignore', message='KeepMask is not in the state_dict')
             trainer = Trainer(**kwargs)
-        start_batch = int(trainer.state.timestamp.batch)
+        loaded_at = int(trainer.state.timestamp.batch)  # > τ when Composer autoresumed an interrupted level
+        start_batch = 0 if level == 0 else rewind_batches(self.imp.rewind, _batches_per_epoch(kwargs) or 0)
         fit_start = time.perf_counter()
         trainer.fit()
         fit_end = time.perf_counter()
@@ -385,6 +407,7 @@ class LevelOrchestrator:
             'eval': eval_values,
             'steps': steps,
             'start_step': start_batch,
+            'resumed_from_step': loaded_at if loaded_at != start_batch else None,
             'cumulative_steps': steps + (prev_row['cumulative_steps'] if prev_row else 0),
             'sweep': sweep,
         }
@@ -409,8 +432,15 @@ class LevelOrchestrator:
             wall_seconds=done - start,
         )
         row['overhead_fraction'] = row['overhead_seconds'] / row['wall_seconds']
+        chance = _chance_accuracy(state)
+        row['collapsed'] = bool(accuracy is not None and chance is not None and accuracy <= 1.5 * chance)
+        if row['collapsed']:
+            self._print(f'WARNING: level {level:02d} accuracy {100 * accuracy:.2f}% is at chance level ({100 * chance:.1f}%)')
         if dist.get_global_rank() == 0:
+            row['manifest'] = self.folder.manifest(level)
             atomic_write_text(json.dumps(row, indent=2), self.folder.level_json(level))  # last: marks the level done
+            if os.path.isdir(self.folder.checkpoints(level)):
+                shutil.rmtree(self.folder.checkpoints(level))  # the level's solution is in weights.pt now
         dist.barrier()
         dense = self.rows[0]['accuracy'] if self.rows else accuracy
         acc_txt = f'accuracy {100 * accuracy:.2f}% (dense {100 * dense:.2f}%)' if accuracy is not None and dense is not None else 'no accuracy metric'

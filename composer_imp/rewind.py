@@ -66,7 +66,9 @@ class RewindCheckpoint(Callback):
         self.tau = rewind_batches(self.rewind, state.dataloader_len.value if state.dataloader_len is not None else 0)
         if self.tau > 0 and self.rewind.unit == TimeUnit.EPOCH and state.dataloader_len is None:
             raise ValueError('imp.rewind in epochs needs a train dataloader with a length; give it in batches.')
-        if self.tau == int(state.timestamp.batch):
+        if int(state.timestamp.batch) > self.tau and os.path.isfile(self.path):
+            self.saved = True  # autoresumed past τ: the rewind point was written before the interruption
+        elif self.tau == int(state.timestamp.batch):
             self._save(state)
 
     def batch_checkpoint(self, state: State, logger: Logger) -> None:

@@ -1,0 +1,148 @@
+"""Reliability with real processes: SIGKILL mid-level and between levels, truncated artifacts, divergence."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from composer import Callback
+
+from conftest import ROOT
+
+QUICK = os.path.join(ROOT, 'yamls', 'quickstart.yaml')
+SMALL = ['imp.levels=2', 'max_duration=3ep', 'eval_interval=3ep', 'model.width=4', 'imp.checkpoint_interval=10ba',
+         'progress_bar=false']
+COMPARED = ('level', 'weights_remaining', 'remaining', 'ratio', 'accuracy', 'loss', 'eval', 'steps', 'start_step',
+            'cumulative_steps', 'epsilon', 'train_loss_mean')
+
+
+def _cmd(folder):
+    return [sys.executable, os.path.join(ROOT, 'run.py'), '-f', QUICK, f'save_folder={folder}', *SMALL]
+
+
+def _finish(folder):
+    proc = subprocess.run(_cmd(folder), capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _kill_when(folder, ready):
+    proc = subprocess.Popen(_cmd(folder), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.time() + 300
+    while not ready(folder):
+        assert proc.poll() is None, 'the run ended before the kill point'
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _state(folder):
+    rows = json.loads((folder / 'summary.json').read_text())['levels']
+    masks = [torch.load(folder / f'level_{r["level"]:02d}' / 'mask.pt', weights_only=True) for r in rows]
+    return [{k: r.get(k) for k in COMPARED} for r in rows], masks
+
+
+def _assert_same(a, b):
+    rows_a, masks_a = a
+    rows_b, masks_b = b
+    assert rows_a == rows_b
+    for ma, mb in zip(masks_a, masks_b):
+        assert set(ma) == set(mb) and all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+@pytest.fixture(scope='module')
+def reference_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('reference')
+    _finish(folder)
+    return folder
+
+
+@pytest.fixture(scope='module')
+def reference(reference_folder):
+    return _state(reference_folder)
+
+
+def _mid_level_2(folder):
+    ckpts = folder / 'level_02' / 'checkpoints'
+    return (ckpts / 'latest-rank0.pt').exists()  # a complete checkpoint autoresume can find
+
+
+def test_sigkill_mid_level_then_same_command_resumes(tmp_path, reference):
+    _kill_when(tmp_path, _mid_level_2)
+    assert not (tmp_path / 'level_02' / 'level.json').exists()
+    _finish(tmp_path)
+    state = _state(tmp_path)
+    _assert_same(state, reference)
+    rows = json.loads((tmp_path / 'summary.json').read_text())['levels']
+    assert [r['level'] for r in rows] == [0, 1, 2], 'every level once'
+    assert rows[2]['resumed_from_step'] is not None and rows[2]['resumed_from_step'] > rows[2]['start_step'], \
+        'level 2 must resume from its latest checkpoint, not retrain from the rewind point'
+    assert not (tmp_path / 'level_02' / 'checkpoints').exists(), 'checkpoints of a finished level are removed'
+
+
+def test_sigkill_between_levels_then_resume(tmp_path, reference):
+    _kill_when(tmp_path, lambda f: (f / 'level_01' / 'level.json').exists())
+    _finish(tmp_path)
+    _assert_same(_state(tmp_path), reference)
+
+
+@pytest.mark.parametrize('artifact', ['level_02/weights.pt', 'level_01/mask.pt', 'rewind/rewind.pt'])
+def test_truncated_artifact_is_detected_and_redone(artifact, tmp_path, reference, reference_folder):
+    shutil.copytree(reference_folder, tmp_path, dirs_exist_ok=True)  # a finished run, moved
+    path = tmp_path / artifact
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    proc = _finish(tmp_path)
+    assert 'truncated or corrupted' in proc.stderr and artifact.split('/')[-1] in proc.stderr
+    assert proc.stdout.count('already done') == 2
+    _assert_same(_state(tmp_path), reference)
+
+
+def test_changed_config_refused_then_overwrite_starts_over(tmp_path, reference_folder):
+    shutil.copytree(reference_folder, tmp_path, dirs_exist_ok=True)
+    before = (tmp_path / 'summary.json').read_bytes()
+    proc = subprocess.run(_cmd(tmp_path) + ['imp.ratio=0.5'], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 2 and 'imp.ratio (0.2 -> 0.5)' in proc.stderr and '--overwrite' in proc.stderr
+    assert (tmp_path / 'summary.json').read_bytes() == before
+    proc = subprocess.run(_cmd(tmp_path) + ['imp.ratio=0.5', 'imp.levels=1', '--overwrite'], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / 'summary.json').read_text())['levels']
+    assert [r['ratio'] for r in rows] == [0.0, 0.5] and not (tmp_path / 'level_02').exists()
+    assert torch.load(tmp_path / 'level_01' / 'mask.pt', weights_only=True)  # a new level 1 of the new config
+
+
+def test_divergence_stops_the_level_and_keeps_earlier_levels(tmp_path, digits_loaders, tiny_model_fn):
+    from composer_imp import IMPConfig, find_ticket
+    from composer_imp.artifacts import RunFolder
+    from composer_imp.faults import TrainingDiverged
+    train, test = digits_loaders
+
+    class Explode(Callback):  # after the rewind point is loaded (it restores the optimizer's LR), make it diverge
+        def fit_start(self, state, logger):
+            for group in state.optimizers[0].param_groups:
+                group['lr'] = 1e30  # weights overflow to inf within a step or two
+
+    def kwargs_fn(model, level):
+        return dict(optimizers=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), train_dataloader=train,
+                    eval_dataloader=test, max_duration='1ep', progress_bar=False, device='cpu', seed=1,
+                    callbacks=[Explode()] if level == 2 else [])
+
+    with pytest.raises(TrainingDiverged, match=r'level 02: the training loss became (nan|inf) at step \d+; the last finite loss was'):
+        find_ticket(tiny_model_fn, kwargs_fn, str(tmp_path), IMPConfig(levels=3, rewind='2ba'))
+    folder = RunFolder(str(tmp_path))
+    assert folder.verify(0) and folder.verify(1)
+    assert not folder.is_done(2)
+    assert [r['level'] for r in folder.read_summary()] == [0, 1]
+
+
+def test_divergence_from_the_cli_exits_nonzero(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'run.py'), '-f', QUICK, f'save_folder={tmp_path}',
+                           'optimizer.lr=1e30', 'imp.levels=1', 'max_duration=2ep', 'progress_bar=false'],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 3 and 'level 00: the training loss became' in proc.stderr
