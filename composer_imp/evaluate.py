@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 from composer.models import ComposerModel
@@ -25,7 +25,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import Dataset, default_collate
 
-__all__ = ['interpolate', 'evaluate_losses', 'recalibrate_batchnorm', 'fixed_subsample']
+__all__ = ['interpolate', 'evaluate', 'evaluate_losses', 'recalibrate_batchnorm', 'fixed_subsample']
 
 
 def interpolate(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], betas: Sequence[float]) -> list[dict[str, torch.Tensor]]:
@@ -81,33 +81,54 @@ def recalibrate_batchnorm(model: ComposerModel, weights: Mapping[str, torch.Tens
 
 
 @torch.no_grad()
-def evaluate_losses(
+def evaluate(
     model: ComposerModel,
     weight_sets: Sequence[Mapping[str, torch.Tensor]],
     batches: Sequence,
     recalibrate_bn: bool = False,
-) -> list[float]:
-    """Mean loss (``model.loss``) of ``model`` under each weight set over ``batches``, in eval mode.
+    recalibration_batches: Optional[Sequence] = None,
+) -> list[dict[str, float]]:
+    """Mean loss (``model.loss``) and classification error of ``model`` under each weight set, in eval mode.
 
     Each weight set must name every parameter and buffer of ``model`` (a ``state_dict``); the model's
-    own tensors are untouched. ``recalibrate_bn`` recomputes BatchNorm statistics per weight set first.
+    own tensors are untouched. ``recalibrate_bn`` recomputes BatchNorm statistics per weight set first,
+    on ``recalibration_batches`` (default: ``batches``; pass training data when ``batches`` is a test set).
+
+    Returns:
+        ``[{'loss': float, 'error': float}]``, one per weight set (error = 1 - top-1 accuracy).
     """
     was_training = model.training
     device = next(model.parameters()).device
-    batches = [[t.to(device) if isinstance(t, torch.Tensor) else t for t in batch] for batch in batches]
+    to_device = lambda bs: [[t.to(device) if isinstance(t, torch.Tensor) else t for t in b] for b in bs]
+    batches = to_device(batches)
     weight_sets = [{k: v.to(device) for k, v in w.items()} for w in weight_sets]  # once, not per batch
     if recalibrate_bn:
-        weight_sets = [recalibrate_batchnorm(model, w, batches) for w in weight_sets]
+        recal = batches if recalibration_batches is None else to_device(recalibration_batches)
+        weight_sets = [recalibrate_batchnorm(model, w, recal) for w in weight_sets]
     model.eval()
-    totals = [0.0] * len(weight_sets)
+    losses = [0.0] * len(weight_sets)
+    wrong = [0] * len(weight_sets)
     count = 0
     try:
         for batch in batches:
             n = len(batch[0])
             for i, weights in enumerate(weight_sets):
                 outputs = functional_call(model, weights, (batch,))
-                totals[i] += float(model.loss(outputs, batch)) * n
+                losses[i] += float(model.loss(outputs, batch)) * n
+                if outputs.dim() == 2 and batch[1].dim() == 1:
+                    wrong[i] += int((outputs.argmax(1) != batch[1]).sum())
             count += n
     finally:
         model.train(was_training)
-    return [t / max(count, 1) for t in totals]
+    count = max(count, 1)
+    return [{'loss': l / count, 'error': w / count} for l, w in zip(losses, wrong)]
+
+
+def evaluate_losses(
+    model: ComposerModel,
+    weight_sets: Sequence[Mapping[str, torch.Tensor]],
+    batches: Sequence,
+    recalibrate_bn: bool = False,
+) -> list[float]:
+    """Mean loss of ``model`` under each weight set (see :func:`evaluate`)."""
+    return [r['loss'] for r in evaluate(model, weight_sets, batches, recalibrate_bn)]

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from composer_imp.artifacts import RunFolder  # noqa: E402
 
-__all__ = ['plot_accuracy_vs_compute']
+__all__ = ['plot_accuracy_vs_compute', 'plot_landscape_report']
 
 
 def plot_accuracy_vs_compute(runs: Mapping[str, Sequence[dict]], path: str) -> str:
@@ -50,6 +50,82 @@ def plot_accuracy_vs_compute(runs: Mapping[str, Sequence[dict]], path: str) -> s
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_landscape_report(analysis: dict, out: str) -> list[str]:
+    """Figures 5 and 2 of the paper from an ``analysis.json`` dict, plus ``report.md``; returns the written paths."""
+    import numpy as np
+
+    levels = analysis['levels']
+    dense = levels[0]['error']
+    tol = analysis['tolerance']
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([100 * r['weights_remaining'] for r in levels], [100 * r['error'] for r in levels], marker='o', label='IMP level')
+    ax.axhline(100 * (dense + tol), color='green', ls='--', label=f'matching threshold (dense + {100 * tol:g} pts)')
+    ax.set_xscale('log')
+    ax.invert_xaxis()
+    ax.set_xlabel('weights remaining (%)')
+    ax.set_ylabel('test error (%)')
+    ax.set_title('Test error vs weights remaining')
+    ax.grid(alpha=0.3)
+    ax.legend()
+    paths.append(os.path.join(out, 'error_vs_weights_remaining.png'))
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(12, 4))
+    for s in analysis['successive']:
+        x = [s['from'] + b * (s['to'] - s['from']) for b in s['betas']]
+        for a in (ax, zoom):
+            a.plot(x, [100 * e for e in s['errors']], color='tab:green' if s['connected'] else 'tab:red', marker='.')
+    for a in (ax, zoom):
+        a.axhline(100 * (dense + tol), color='black', ls=':', label='matching threshold')
+        a.set_xlabel('level (linear path between successive level solutions)')
+        a.set_ylabel('test error (%)')
+        a.grid(alpha=0.3)
+    ax.plot([], [], color='tab:green', label='connected (barrier ≤ tolerance)')
+    ax.plot([], [], color='tab:red', label='barrier > tolerance')
+    ax.legend()
+    ax.set_title('Error along paths between successive levels')
+    zoom.set_ylim(max(0.0, 100 * (dense - 2 * tol)), 100 * (dense + 3 * tol))
+    zoom.set_title('Zoom around the matching threshold')
+    paths.append(os.path.join(out, 'successive_paths.png'))
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    pair = analysis['pairwise']
+    matrix = np.array([[np.nan if v is None else 100 * v for v in row] for row in pair['barrier']])
+    fig, ax = plt.subplots(figsize=(6, 5))
+    image = ax.imshow(matrix, cmap='viridis', vmin=0, vmax=max(100 * tol, np.nanmax(matrix)))
+    ax.set_xticks(range(len(pair['levels'])), pair['levels'])
+    ax.set_yticks(range(len(pair['levels'])), pair['levels'])
+    ax.set_xlabel('level')
+    ax.set_ylabel('level')
+    ax.set_title('Error barrier between level solutions (points)')
+    fig.colorbar(image, ax=ax, label='error barrier (percentage points)')
+    paths.append(os.path.join(out, 'pairwise_barrier.png'))
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    lines = ['# IMP error landscape', '',
+             f'Matching tolerance {100 * tol:g} points over the dense test error {100 * dense:.2f}%; '
+             f'BatchNorm statistics {"recomputed" if analysis["recalibrate_bn"] else "interpolated"}. '
+             f'Connected iff matching: **{analysis["connected_iff_matching"]}**.', '',
+             '| level | weights remaining | test error | matching |', '|---|---|---|---|']
+    lines += [f'| {r["level"]} | {100 * r["weights_remaining"]:.2f}% | {100 * r["error"]:.2f}% | {r["matching"]} |' for r in levels]
+    lines += ['', '| path | error barrier | max error | connected | both matching |', '|---|---|---|---|---|']
+    lines += [f'| {s["from"]} → {s["to"]} | {100 * s["barrier"]:.2f} pts | {100 * s["max_error"]:.2f}% | {s["connected"]} | '
+              f'{s["both_matching"]} |' for s in analysis['successive']]
+    lines += [''] + [f'![{os.path.basename(p)}]({os.path.basename(p)})' for p in paths]
+    paths.append(os.path.join(out, 'report.md'))
+    with open(paths[-1], 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    return paths
 
 
 def main(argv=None) -> None:

@@ -1,0 +1,136 @@
+"""Error-landscape analysis of a finished (or partial) IMP run.
+
+    python -m composer_imp.analyze SAVE_FOLDER [--betas 0,0.1,...,1] [--tolerance 0.01] [--recalibrate-bn]
+
+Rebuilds the run's model and eval data from ``SAVE_FOLDER/config.yaml``, then computes for the trained
+levels: test error and loss, error along the linear path between successive levels with the error barrier,
+the pairwise matrix (max error on the path and barrier) over all levels, which levels are matching
+(error ≤ dense error + tolerance), which successive pairs are linearly connected (barrier ≤ tolerance), and
+whether "connected iff matching" holds. Writes ``SAVE_FOLDER/analysis/analysis.json``, figures and ``report.md``.
+
+``analysis.json`` schema::
+
+    {"tolerance": float, "betas": [float], "recalibrate_bn": bool,
+     "levels": [{"level", "weights_remaining", "error", "loss", "matching"}],
+     "successive": [{"from", "to", "betas", "errors", "losses", "barrier", "max_error",
+                     "connected", "both_matching"}],
+     "pairwise": {"levels": [int], "max_error": [[float|null]], "barrier": [[float|null]]},
+     "connected_iff_matching": bool}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+from omegaconf import OmegaConf
+
+from composer_imp.artifacts import RunFolder, atomic_write_text
+from composer_imp.connectivity import DEFAULT_BETAS, linear_path
+from composer_imp.evaluate import evaluate, fixed_subsample
+
+__all__ = ['analyze_run']
+
+
+def analyze_run(
+    save_folder: str,
+    betas: Sequence[float] = DEFAULT_BETAS,
+    tolerance: float = 0.01,
+    recalibrate_bn: bool = False,
+    pairwise: bool = True,
+) -> dict:
+    """Analyse the trained levels of the IMP run in ``save_folder``; returns (and writes) the analysis dict."""
+    from composer_imp.config import config_from_dict
+    from composer_imp.recipes import build_recipe
+
+    folder = RunFolder(save_folder)
+    if not os.path.isfile(folder.config):
+        raise FileNotFoundError(f'{folder.root} is not an IMP run: {folder.config} is missing '
+                                '(point at the save_folder of a run made by run.py).')
+    levels = folder.levels_done()
+    if len(levels) < 2:
+        raise ValueError(f'{folder.root} has {len(levels)} finished level(s) ({levels}); the analysis needs at least '
+                         'levels 0 and 1 (level_XX/level.json, mask.pt and weights.pt).')
+    if 0.0 not in betas or 1.0 not in betas:
+        raise ValueError('--betas must include 0 and 1.')
+    cfg = config_from_dict(OmegaConf.to_container(OmegaConf.load(folder.config), resolve=True))
+    recipe = build_recipe(cfg)
+    model = recipe.model_fn()
+    batches = list(recipe.eval_dataloader)
+    recal = fixed_subsample(recipe.train_dataset, min(1024, len(recipe.train_dataset)), 256) if recalibrate_bn else None
+    weights = {}
+    for level in levels:
+        w = folder.load_weights(level)
+        missing, unexpected = set(model.state_dict()) - set(w), set(w) - set(model.state_dict())
+        if missing or unexpected:
+            raise ValueError(f'{folder.weights(level)} does not match the model of {folder.config}: '
+                             f'missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}.')
+        weights[level] = w
+    rows = {r['level']: r for r in map(folder.read_row, levels)}
+
+    point = evaluate(model, [weights[l] for l in levels], batches, recalibrate_bn, recal)
+    dense_error = point[0]['error']
+    level_rows = [{'level': l, 'weights_remaining': rows[l]['weights_remaining'], 'error': p['error'], 'loss': p['loss'],
+                   'matching': p['error'] <= dense_error + tolerance} for l, p in zip(levels, point)]
+    matching = {r['level']: r['matching'] for r in level_rows}
+
+    successive = []
+    for a, b in zip(levels, levels[1:]):
+        path = linear_path(model, weights[a], weights[b], batches, betas, recalibrate_bn, recal)
+        successive.append({'from': a, 'to': b, **path, 'connected': path['barrier'] <= tolerance,
+                           'both_matching': matching[a] and matching[b]})
+
+    n = len(levels)
+    max_err = [[None] * n for _ in range(n)]
+    barrier = [[None] * n for _ in range(n)]
+    for i in range(n):
+        max_err[i][i], barrier[i][i] = point[i]['error'], 0.0
+    for s in successive:
+        i, j = levels.index(s['from']), levels.index(s['to'])
+        max_err[i][j] = max_err[j][i] = s['max_error']
+        barrier[i][j] = barrier[j][i] = s['barrier']
+    if pairwise:
+        for i in range(n):
+            for j in range(i + 2, n):
+                path = linear_path(model, weights[levels[i]], weights[levels[j]], batches, betas, recalibrate_bn, recal)
+                max_err[i][j] = max_err[j][i] = path['max_error']
+                barrier[i][j] = barrier[j][i] = path['barrier']
+
+    result = {
+        'tolerance': tolerance, 'betas': [float(b) for b in betas], 'recalibrate_bn': recalibrate_bn,
+        'levels': level_rows, 'successive': successive,
+        'pairwise': {'levels': levels, 'max_error': max_err, 'barrier': barrier},
+        'connected_iff_matching': all(s['connected'] == s['both_matching'] for s in successive),
+    }
+    out = os.path.join(folder.root, 'analysis')
+    os.makedirs(out, exist_ok=True)
+    atomic_write_text(json.dumps(result, indent=2), os.path.join(out, 'analysis.json'))
+    from composer_imp.plots import plot_landscape_report
+    plot_landscape_report(result, out)
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('save_folder')
+    parser.add_argument('--betas', default=','.join(str(b) for b in DEFAULT_BETAS), help='comma-separated β grid')
+    parser.add_argument('--tolerance', type=float, default=0.01, help='matching / connectivity tolerance (error)')
+    parser.add_argument('--recalibrate-bn', action='store_true', help='recompute BatchNorm statistics per network')
+    parser.add_argument('--no-pairwise', action='store_true', help='successive pairs only')
+    args = parser.parse_args(argv)
+    try:
+        betas = [float(b) for b in args.betas.split(',')]
+        result = analyze_run(args.save_folder, betas, args.tolerance, args.recalibrate_bn, not args.no_pairwise)
+    except (FileNotFoundError, ValueError) as e:
+        print(f'composer-imp analyze: error: {e}', file=sys.stderr)
+        return 2
+    print(f'[composer-imp] analysis of {len(result["levels"])} levels written to '
+          f'{os.path.join(args.save_folder, "analysis")}; connected iff matching: {result["connected_iff_matching"]}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Error-landscape analysis: barriers, linear paths through the shared evaluation primitive, a real run end to end."""
+
+import json
+
+import pytest
+import torch
+
+from composer_imp.connectivity import error_barrier, linear_path
+
+from conftest import ROOT
+
+
+def test_barrier_of_a_constructed_path():
+    betas = [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert error_barrier([0.1, 0.1, 0.1, 0.1, 0.1], betas) == 0.0
+    # endpoints 0.10 and 0.30: the chord at 0.5 is 0.20; a bump to 0.45 there is a barrier of 0.25
+    assert error_barrier([0.10, 0.15, 0.45, 0.25, 0.30], betas) == pytest.approx(0.25)
+    assert error_barrier([0.2, 0.1, 0.0, 0.1, 0.2], betas) == 0.0  # below the chord: no barrier
+    with pytest.raises(ValueError, match='endpoints'):
+        error_barrier([0.1, 0.2], [0.2, 0.8])
+
+
+def test_path_endpoints_reproduce_the_endpoint_networks(digits_loaders, tiny_model_fn):
+    from composer_imp.evaluate import evaluate
+    model = tiny_model_fn()
+    a = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(3)
+    b = {k: (v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in a.items()}
+    batches = list(digits_loaders[1])
+    path = linear_path(model, a, b, batches, [0.0, 0.5, 1.0])
+    ends = evaluate(model, [a, b], batches)
+    assert path['errors'][0] == ends[0]['error'] and path['errors'][-1] == ends[1]['error']
+    assert path['losses'][0] == pytest.approx(ends[0]['loss'], rel=1e-6)
+    model.load_state_dict(b)  # the plain way: load the weights and run the model
+    model.eval()
+    with torch.no_grad():
+        wrong = sum(int((model(batch).argmax(1) != batch[1]).sum()) for batch in batches)
+    assert path['errors'][-1] == pytest.approx(wrong / 360)
+
+
+def test_analysis_of_a_real_run_end_to_end(tmp_path, capsys):
+    import run
+    from composer_imp import analyze
+    assert run.main(['-f', f'{ROOT}/yamls/quickstart.yaml', f'save_folder={tmp_path}', 'imp.levels=2',
+                     'max_duration=3ep', 'eval_interval=3ep', 'model.width=8', 'progress_bar=false']) == 0
+    assert analyze.main([str(tmp_path), '--betas', '0,0.5,1']) == 0
+    result = json.loads((tmp_path / 'analysis' / 'analysis.json').read_text())
+    summary = json.loads((tmp_path / 'summary.json').read_text())['levels']
+    assert [r['level'] for r in result['levels']] == [0, 1, 2]
+    for r, s in zip(result['levels'], summary):
+        assert r['error'] == pytest.approx(1 - s['accuracy'], abs=1e-6), 'same numbers as the trainer measured'
+    assert [(s['from'], s['to']) for s in result['successive']] == [(0, 1), (1, 2)]
+    matrix = result['pairwise']['barrier']
+    assert len(matrix) == 3 and matrix[0][2] == matrix[2][0] is not None and matrix[1][1] == 0.0
+    assert result['connected_iff_matching'] == all(s['connected'] == s['both_matching'] for s in result['successive'])
+    for name in ('error_vs_weights_remaining.png', 'successive_paths.png', 'pairwise_barrier.png'):
+        data = (tmp_path / 'analysis' / name).read_bytes()
+        assert data[:4] == b'\x89PNG' and len(data) > 10_000
+    assert 'Connected iff matching' in (tmp_path / 'analysis' / 'report.md').read_text()
+
+
+def test_analysis_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    from composer_imp import analyze
+    assert analyze.main([str(tmp_path)]) == 2
+    assert 'is not an IMP run' in capsys.readouterr().err
