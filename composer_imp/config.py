@@ -30,6 +30,17 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class AnalysisConfig:
+    """The ``analysis:`` section: run the error-landscape analysis right after the levels."""
+
+    enabled: bool = False
+    betas: list = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
+    tolerance: float = 0.01
+    recalibrate_bn: bool = False
+    pairwise: bool = True
+
+
+@dataclass
 class RunConfig:
     """Every top-level key a recipe YAML may set."""
 
@@ -51,6 +62,7 @@ class RunConfig:
     callbacks: dict = field(default_factory=dict)
     loggers: dict = field(default_factory=dict)
     overwrite: bool = False
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
 
 _REQUIRED = ('save_folder', 'max_duration', 'model', 'data', 'optimizer')

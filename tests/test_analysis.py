@@ -42,8 +42,12 @@ def test_analysis_of_a_real_run_end_to_end(tmp_path, capsys):
     import run
     from composer_imp import analyze
     assert run.main(['-f', f'{ROOT}/yamls/quickstart.yaml', f'save_folder={tmp_path}', 'imp.levels=2',
-                     'max_duration=3ep', 'eval_interval=3ep', 'model.width=8', 'progress_bar=false']) == 0
-    assert analyze.main([str(tmp_path), '--betas', '0,0.5,1']) == 0
+                     'max_duration=3ep', 'eval_interval=3ep', 'model.width=8', 'progress_bar=false',
+                     'analysis.enabled=true', 'analysis.betas=[0,0.5,1]']) == 0
+    assert 'connected iff matching' in capsys.readouterr().out  # the analysis ran right after the levels
+    first = (tmp_path / 'analysis' / 'analysis.json').read_text()
+    assert analyze.main([str(tmp_path), '--betas', '0,0.5,1']) == 0  # and again from the command line
+    assert (tmp_path / 'analysis' / 'analysis.json').read_text() == first, 'deterministic'
     result = json.loads((tmp_path / 'analysis' / 'analysis.json').read_text())
     summary = json.loads((tmp_path / 'summary.json').read_text())['levels']
     assert [r['level'] for r in result['levels']] == [0, 1, 2]
