@@ -4,6 +4,11 @@
   a fixed stratified 80/20 split (independent of the run's seed, so every run tests on the same images).
 * ``fashion_mnist``: the real Fashion-MNIST read straight from its IDX ``.gz`` files
   (Debian's ``dataset-fashion-mnist`` installs them in ``/usr/share/datasets/fashion-mnist``).
+* ``cifar10`` / ``cifar100``: the python-pickle batches of ``cifar-10-batches-py`` / ``cifar-100-python``
+  under ``data_root`` (as torchvision downloads them), read with an unpickler that admits only numpy arrays;
+  training augmentation: random crop 32 with 4-pixel padding and horizontal flip.
+* ``imagefolder``: an ImageNet-style ``train/`` and ``val/`` tree of class folders (torchvision
+  ``ImageFolder``); Mosaic's recipe transforms (train random-resized-crop 176 + flip, eval resize 232 + center 224).
 
 Loaders are built once per process and reused by every level. Batch sizes are *global*: each rank
 gets ``batch_size / world_size`` through Composer's ``dist.get_sampler``.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 import struct
 from typing import Any, Callable, Optional
 
@@ -98,9 +104,96 @@ def _fashion_mnist(data_root: Optional[str] = None, train_subset: Optional[int] 
     return TensorDataset(xtr, ytr), TensorDataset(*load('test'))
 
 
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """CIFAR's batches are pickles of dicts of numpy arrays: admit exactly those, nothing executable."""
+
+    ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+               ('numpy', 'ndarray'), ('numpy', 'dtype'), ('numpy.core.multiarray', 'scalar'),
+               ('numpy._core.multiarray', 'scalar'), ('_codecs', 'encode')}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f'refusing to load {module}.{name} from a CIFAR batch file')
+
+
+def _read_cifar_batch(path: str, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, 'rb') as f:
+            batch = _NumpyOnlyUnpickler(f, encoding='bytes').load()
+        images = np.asarray(batch[b'data'], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[label_key], dtype=np.int64)
+    except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as e:
+        raise ValueError(f'{path} is not a CIFAR python batch (a pickled dict with b"data" and {label_key!r}): {e}') from None
+    return images, labels
+
+
+class CifarDataset(Dataset):
+    """CIFAR images held as uint8, normalized (and augmented for training) per item."""
+
+    MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1)
+    STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(3, 1, 1)
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, train: bool):
+        self.images, self.labels, self.train = torch.from_numpy(images), torch.from_numpy(labels), train
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        x = self.images[i].float() / 255.0
+        if self.train:
+            x = torch.nn.functional.pad(x, (4, 4, 4, 4))
+            top, left = torch.randint(0, 9, (2,)).tolist()
+            x = x[:, top:top + 32, left:left + 32]
+            if torch.rand(()) < 0.5:
+                x = x.flip(-1)
+        return (x - self.MEAN) / self.STD, self.labels[i]
+
+
+def _cifar(classes: int, data_root: Optional[str] = None, train_subset: Optional[int] = None) -> tuple[Dataset, Dataset]:
+    folder, train_files, test_file, key = (
+        ('cifar-10-batches-py', [f'data_batch_{i}' for i in range(1, 6)], 'test_batch', b'labels') if classes == 10 else
+        ('cifar-100-python', ['train'], 'test', b'fine_labels'))
+    root = os.path.join(data_root or 'data', folder)
+    missing = [f for f in train_files + [test_file] if not os.path.isfile(os.path.join(root, f))]
+    if missing:
+        raise FileNotFoundError(
+            f'CIFAR-{classes} not found: {root!r} lacks {", ".join(missing)}. Set data.data_root to the folder that '
+            f'contains {folder}/ (the python version from https://www.cs.toronto.edu/~kriz/cifar.html, or what '
+            f'torchvision.datasets.CIFAR{classes}(root, download=True) leaves in root).',
+        )
+    parts = [_read_cifar_batch(os.path.join(root, f), key) for f in train_files]
+    x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    xt, yt = _subset(torch.from_numpy(x), torch.from_numpy(y), train_subset, 'train_subset')
+    test = _read_cifar_batch(os.path.join(root, test_file), key)
+    return CifarDataset(xt.numpy(), yt.numpy(), train=True), CifarDataset(*test, train=False)
+
+
+def _imagefolder(data_root: Optional[str] = None, train_crop: int = 176, eval_resize: int = 232, eval_crop: int = 224) -> tuple[Dataset, Dataset]:
+    from torchvision import datasets, transforms
+
+    root = data_root or 'data/imagenet'
+    for split in ('train', 'val'):
+        if not os.path.isdir(os.path.join(root, split)):
+            raise FileNotFoundError(f'ImageFolder data not found: {os.path.join(root, split)!r} is missing. data.data_root '
+                                    'must hold train/ and val/, each with one sub-folder of images per class.')
+    normalize = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    train = datasets.ImageFolder(os.path.join(root, 'train'), transforms.Compose([
+        transforms.RandomResizedCrop(train_crop), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]))
+    val = datasets.ImageFolder(os.path.join(root, 'val'), transforms.Compose([
+        transforms.Resize(eval_resize), transforms.CenterCrop(eval_crop), transforms.ToTensor(), normalize]))
+    if train.classes != val.classes:
+        raise ValueError(f'{root}: train/ and val/ have different class folders.')
+    return train, val
+
+
 DATASETS: dict[str, Callable[..., tuple[Dataset, Dataset]]] = {
     'digits': _digits,
     'fashion_mnist': _fashion_mnist,
+    'cifar10': lambda data_root=None, train_subset=None: _cifar(10, data_root, train_subset),
+    'cifar100': lambda data_root=None, train_subset=None: _cifar(100, data_root, train_subset),
+    'imagefolder': _imagefolder,
 }
 
 

@@ -2,6 +2,9 @@
 
 * ``small_cnn``: a BatchNorm CNN for the CPU-sized real-data runs (8×8 digits, 28×28 Fashion-MNIST).
 * ``resnet20``: the CIFAR ResNet-20 (16/32/64 channels, He et al. 2016), the paper's CIFAR-10 model.
+* ``resnet18_cifar``: ResNet-18 with a 3×3 stem and no max-pool, the paper's CIFAR-100 model.
+* ``resnet50``: torchvision's ImageNet ResNet-50 with the Mosaic ResNet initialization
+  (Kaiming-normal conv/linear weights, BatchNorm weights uniform), the paper's ImageNet model.
 
 Example:
     >>> model = build_model('small_cnn', num_classes=10, in_channels=1, width=16)
@@ -86,10 +89,46 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
+class ResNet18Cifar(nn.Module):
+    """ResNet-18 for 32×32 images: 3×3 stem with stride 1 and no max-pool, stages of 64/128/256/512 channels."""
+
+    def __init__(self, num_classes: int = 100, in_channels: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(64)
+        blocks, cin = [], 64
+        for stage, cout in enumerate((64, 128, 256, 512)):
+            for i in range(2):
+                blocks.append(_BasicBlock(cin, cout, stride=2 if stage > 0 and i == 0 else 1))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.blocks(F.relu(self.bn(self.conv(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+
+def resnet50(num_classes: int = 1000) -> nn.Module:
+    """torchvision's ResNet-50 with the initialization of Mosaic's ResNet recipe."""
+    import torchvision
+
+    model = torchvision.models.resnet50(weights=None, num_classes=num_classes)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     'small_cnn': SmallCNN,
     'resnet20': lambda num_classes=10, width=16, in_channels=3: CifarResNet(20, num_classes, width, in_channels),
     'cifar_resnet': CifarResNet,
+    'resnet18_cifar': ResNet18Cifar,
+    'resnet50': resnet50,
 }
 
 

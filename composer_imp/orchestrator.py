@@ -319,6 +319,10 @@ class LevelOrchestrator:
                              '(each level loads the rewind point and saves into its own folder). Remove them.')
         algorithms = list(ensure_tuple(kwargs.pop('algorithms', None) or []))
         callbacks = list(ensure_tuple(kwargs.pop('callbacks', None) or []))
+        if any(type(a).__name__ in ('EMA', 'SWA') for a in algorithms):
+            raise ValueError('EMA/SWA cannot be combined with IMP yet: their averaged copy of the weights would keep '
+                             'pruned weights non-zero (and the rewind checkpoint would carry the dense average). '
+                             'Remove EMA/SWA from algorithms.')
         if level == 0:
             self._check_rewind_before_end(kwargs)
             self._check_adaptive(kwargs)
