@@ -15,6 +15,7 @@ whether "connected iff matching" holds. Writes ``SAVE_FOLDER/analysis/analysis.j
      "successive": [{"from", "to", "betas", "errors", "losses", "barrier", "max_error",
                      "connected", "both_matching"}],
      "pairwise": {"levels": [int], "max_error": [[float|null]], "barrier": [[float|null]]},
+     "planes": [{"level": L, "alphas": [float], "betas": [float], "errors": [[float]]}],   # errors[beta][alpha]
      "connected_iff_matching": bool}
 """
 
@@ -29,7 +30,9 @@ from typing import Optional, Sequence
 from omegaconf import OmegaConf
 
 from composer_imp.artifacts import RunFolder, atomic_write_text
-from composer_imp.connectivity import DEFAULT_BETAS, linear_path
+import torch
+
+from composer_imp.connectivity import DEFAULT_BETAS, linear_path, plane_slice
 from composer_imp.evaluate import evaluate, fixed_subsample
 
 __all__ = ['analyze_run']
@@ -41,8 +44,13 @@ def analyze_run(
     tolerance: float = 0.01,
     recalibrate_bn: bool = False,
     pairwise: bool = True,
+    planes: int = 0,
 ) -> dict:
-    """Analyse the trained levels of the IMP run in ``save_folder``; returns (and writes) the analysis dict."""
+    """Analyse the trained levels of the IMP run in ``save_folder``; returns (and writes) the analysis dict.
+
+    ``planes > 0`` adds, for each successive pair (L, L+1), the ``planes × planes`` error slice of the plane
+    through ``w_L``, its projection ``m_{L+1} ⊙ w_L`` and ``w_{L+1}`` (Figure 3).
+    """
     from composer_imp.config import config_from_dict
     from composer_imp.recipes import build_recipe
 
@@ -99,7 +107,17 @@ def analyze_run(
                 max_err[i][j] = max_err[j][i] = path['max_error']
                 barrier[i][j] = barrier[j][i] = path['barrier']
 
+    plane_results = []
+    if planes:
+        for a, b in zip(levels, levels[1:]):
+            mask = torch.load(folder.mask(b), map_location='cpu', weights_only=True)
+            projection = {k: (v * mask[k].to(v.dtype) if k in mask else v) for k, v in weights[a].items()}
+            sl = plane_slice(model, weights[a], projection, weights[b], batches, set(mask), planes,
+                             recalibrate_bn=recalibrate_bn, recalibration_batches=recal)
+            plane_results.append({'level': a, **sl})
+
     result = {
+        'planes': plane_results,
         'tolerance': tolerance, 'betas': [float(b) for b in betas], 'recalibrate_bn': recalibrate_bn,
         'levels': level_rows, 'successive': successive,
         'pairwise': {'levels': levels, 'max_error': max_err, 'barrier': barrier},
@@ -120,10 +138,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--tolerance', type=float, default=0.01, help='matching / connectivity tolerance (error)')
     parser.add_argument('--recalibrate-bn', action='store_true', help='recompute BatchNorm statistics per network')
     parser.add_argument('--no-pairwise', action='store_true', help='successive pairs only')
+    parser.add_argument('--planes', type=int, default=0, metavar='N',
+                        help='also N x N error slices of the plane through w_L, its projection and w_L+1 (paper: 51)')
     args = parser.parse_args(argv)
     try:
         betas = [float(b) for b in args.betas.split(',')]
-        result = analyze_run(args.save_folder, betas, args.tolerance, args.recalibrate_bn, not args.no_pairwise)
+        result = analyze_run(args.save_folder, betas, args.tolerance, args.recalibrate_bn, not args.no_pairwise, args.planes)
     except (FileNotFoundError, ValueError) as e:
         print(f'composer-imp analyze: error: {e}', file=sys.stderr)
         return 2

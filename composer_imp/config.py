@@ -38,6 +38,7 @@ class AnalysisConfig:
     tolerance: float = 0.01
     recalibrate_bn: bool = False
     pairwise: bool = True
+    planes: int = 0
 
 
 @dataclass

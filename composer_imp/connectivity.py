@@ -16,7 +16,7 @@ from composer.models import ComposerModel
 
 from composer_imp.evaluate import evaluate, interpolate
 
-__all__ = ['error_barrier', 'linear_path', 'DEFAULT_BETAS']
+__all__ = ['error_barrier', 'linear_path', 'plane_point', 'plane_slice', 'DEFAULT_BETAS']
 
 DEFAULT_BETAS = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -49,3 +49,71 @@ def linear_path(
     errors = [r['error'] for r in results]
     return {'betas': [float(x) for x in betas], 'errors': errors, 'losses': [r['loss'] for r in results],
             'barrier': error_barrier(errors, betas), 'max_error': max(errors)}
+
+
+def _closest_in_triangle(a: float, b: float) -> tuple[float, float]:
+    """Closest point of the triangle {a, b >= 0, a + b <= 1} to (a, b) in plane coordinates."""
+    if a >= 0 and b >= 0 and a + b <= 1:
+        return a, b
+    candidates = []
+    for (x0, y0), (x1, y1) in (((0, 0), (1, 0)), ((0, 0), (0, 1)), ((1, 0), (0, 1))):
+        dx, dy = x1 - x0, y1 - y0
+        t = min(1.0, max(0.0, ((a - x0) * dx + (b - y0) * dy) / (dx * dx + dy * dy)))
+        px, py = x0 + t * dx, y0 + t * dy
+        candidates.append(((px - a) ** 2 + (py - b) ** 2, px, py))
+    _, px, py = min(candidates)
+    return px, py
+
+
+def plane_point(
+    origin: Mapping[str, torch.Tensor],
+    u_end: Mapping[str, torch.Tensor],
+    v_end: Mapping[str, torch.Tensor],
+    a: float,
+    b: float,
+    prunable: set,
+) -> dict[str, torch.Tensor]:
+    """``origin + a (u_end - origin) + b (v_end - origin)``, the paper's rule outside the convex hull.
+
+    Inside the triangle of the three networks everything is interpolated. Outside it (Appendix C) only the
+    prunable weights extrapolate; every other tensor (biases, normalization, buffers) takes its value at the
+    closest point of the triangle (closest in plane coordinates).
+    """
+    ca, cb = _closest_in_triangle(a, b)
+    out = {}
+    for k, o in origin.items():
+        if not o.is_floating_point():
+            out[k] = o
+            continue
+        x, y = (a, b) if k in prunable else (ca, cb)
+        out[k] = o + x * (u_end[k] - o) + y * (v_end[k] - o)
+    return out
+
+
+def plane_slice(
+    model: ComposerModel,
+    origin: Mapping[str, torch.Tensor],
+    u_end: Mapping[str, torch.Tensor],
+    v_end: Mapping[str, torch.Tensor],
+    batches: Sequence,
+    prunable: set,
+    grid: int = 51,
+    span: tuple[float, float] = (-0.25, 1.25),
+    chunk: int = 32,
+    recalibrate_bn: bool = False,
+    recalibration_batches: Optional[Sequence] = None,
+) -> dict:
+    """Test error on a ``grid × grid`` slice of the plane through three networks (Figure 3 of the paper).
+
+    Coordinates: ``origin`` at (0, 0), ``u_end`` at (1, 0), ``v_end`` at (0, 1). Points are evaluated
+    ``chunk`` at a time through :func:`composer_imp.evaluate.evaluate` (one pass over the data per chunk).
+    """
+    coords = [span[0] + (span[1] - span[0]) * i / (grid - 1) for i in range(grid)]
+    errors = [[0.0] * grid for _ in range(grid)]
+    cells = [(i, j) for j in range(grid) for i in range(grid)]
+    for start in range(0, len(cells), chunk):
+        part = cells[start:start + chunk]
+        points = [plane_point(origin, u_end, v_end, coords[i], coords[j], prunable) for i, j in part]
+        for (i, j), r in zip(part, evaluate(model, points, batches, recalibrate_bn, recalibration_batches)):
+            errors[j][i] = r['error']
+    return {'alphas': coords, 'betas': coords, 'errors': errors}

@@ -112,6 +112,32 @@ def plot_landscape_report(analysis: dict, out: str) -> list[str]:
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
+    if analysis.get('planes'):
+        planes = analysis['planes']
+        cols = min(4, len(planes))
+        rows_n = (len(planes) + cols - 1) // cols
+        fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.8 * rows_n), squeeze=False)
+        for ax in axes.flat[len(planes):]:
+            ax.axis('off')
+        for ax, plane in zip(axes.flat, planes):
+            grid = np.array(plane['errors']) * 100
+            mesh = ax.contourf(plane['alphas'], plane['betas'], grid, levels=20, cmap='viridis')
+            ax.contour(plane['alphas'], plane['betas'], grid, levels=[100 * (dense + tol)], colors='black', linestyles=':')
+            ax.plot([0], [0], marker='^', color='grey', ms=10, ls='', label=f'w_{plane["level"]}')
+            ax.plot([1], [0], marker='x', color='orange', ms=10, mew=3, ls='', label='projection')
+            ax.plot([0], [1], marker='^', color='orange', ms=10, ls='', label=f'w_{plane["level"] + 1}')
+            ax.plot([-0.25, 1.25], [0, 0], color='purple', ls='--', lw=1)
+            ax.set_title(f'level {plane["level"]} → {plane["level"] + 1}')
+            ax.set_xlabel('towards the projection')
+            ax.set_ylabel(f'towards w_{plane["level"] + 1}')
+            fig.colorbar(mesh, ax=ax, label='test error (%)')
+            ax.legend(fontsize=7, loc='upper right')
+        fig.suptitle('Error on the plane through w_L, its projection and w_L+1 (dotted: matching error)')
+        paths.append(os.path.join(out, 'planes.png'))
+        fig.tight_layout()
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
     lines = ['# IMP error landscape', '',
              f'Matching tolerance {100 * tol:g} points over the dense test error {100 * dense:.2f}%; '
              f'BatchNorm statistics {"recomputed" if analysis["recalibrate_bn"] else "interpolated"}. '

@@ -187,7 +187,7 @@ def run_config(cfg: DictConfig, overwrite: Optional[bool] = None) -> list[dict]:
     if cfg.analysis.enabled and dist.get_global_rank() == 0:
         from composer_imp.analyze import analyze_run
         a = cfg.analysis
-        result = analyze_run(cfg.save_folder, list(a.betas), a.tolerance, a.recalibrate_bn, a.pairwise)
+        result = analyze_run(cfg.save_folder, list(a.betas), a.tolerance, a.recalibrate_bn, a.pairwise, a.planes)
         print(f'[composer-imp] analysis written to {cfg.save_folder}/analysis; '
               f'connected iff matching: {result["connected_iff_matching"]}', flush=True)
     return rows

@@ -67,3 +67,34 @@ def test_analysis_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     from composer_imp import analyze
     assert analyze.main([str(tmp_path)]) == 2
     assert 'is not an IMP run' in capsys.readouterr().err
+
+
+def test_plane_corners_and_extrapolation_rule():
+    from composer_imp.connectivity import plane_point
+    o = {'w': torch.tensor([1.0, 2.0]), 'b': torch.tensor([1.0])}
+    u = {'w': torch.tensor([1.0, 0.0]), 'b': torch.tensor([1.0])}      # projection: one weight pruned, bias unchanged
+    v = {'w': torch.tensor([3.0, 0.0]), 'b': torch.tensor([5.0])}
+    for (a, b), expected in (((0, 0), o), ((1, 0), u), ((0, 1), v)):
+        p = plane_point(o, u, v, a, b, prunable={'w'})
+        assert all(torch.equal(p[k], expected[k]) for k in o)
+    inside = plane_point(o, u, v, 0.25, 0.5, prunable={'w'})
+    assert torch.allclose(inside['b'], torch.tensor([1.0 + 0.5 * 4.0]))
+    outside = plane_point(o, u, v, 0.0, 1.5, prunable={'w'})  # beyond w_L+1: weights extrapolate, bias stays at (0, 1)
+    assert torch.allclose(outside['w'], torch.tensor([1.0 + 1.5 * 2.0, 2.0 - 1.5 * 2.0]))
+    assert torch.allclose(outside['b'], v['b'])
+
+
+def test_plane_slice_grid_matches_pointwise_evaluation(digits_loaders, tiny_model_fn):
+    from composer_imp.connectivity import plane_point, plane_slice
+    from composer_imp.evaluate import evaluate
+    model = tiny_model_fn()
+    o = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(1)
+    u = {k: (v + 0.2 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in o.items()}
+    v_ = {k: (v + 0.2 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in o.items()}
+    batches = list(digits_loaders[1])
+    prunable = {'module.conv.weight', 'module.fc.weight'}
+    sl = plane_slice(model, o, u, v_, batches, prunable, grid=3, span=(-0.5, 1.5), chunk=4)
+    assert sl['alphas'] == [-0.5, 0.5, 1.5]
+    single = evaluate(model, [plane_point(o, u, v_, 1.5, -0.5, prunable)], batches)[0]['error']
+    assert sl['errors'][0][2] == single  # errors[beta][alpha]
