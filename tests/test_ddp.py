@@ -1,35 +1,104 @@
-"""IMP under Composer's launcher (`composer -n 2`, gloo on CPU): every rank trains the identical mask and weights."""
+"""IMP under Composer's launcher (`composer -n 2`, gloo on CPU): identical masks and weights on every rank,
+adaptive ratios broadcast, bad world sizes refused, and a killed run resumed."""
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import torch
 
 from conftest import ROOT
 
+TINY = ['imp.levels=2', 'imp.ratio=0.5', 'max_duration=2ep', 'imp.rewind=10ba', 'eval_interval=1ep',
+        'progress_bar=false', 'model.width=4', 'analysis.enabled=false']
 
-def test_two_ranks_hold_identical_masks_and_weights(tmp_path):
-    out = tmp_path / 'dump'
-    out.mkdir()
-    cmd = [sys.executable, '-m', 'composer.cli.launcher', '-n', '2', '--master_port', '29613',
-           '--stdout', str(tmp_path / 'rank{rank}.out'), '--stderr', str(tmp_path / 'rank{rank}.err'),
-           os.path.join(ROOT, 'tests', 'ddp_imp_script.py'), os.path.join(ROOT, 'yamls', 'quickstart.yaml'), str(out),
-           f'save_folder={tmp_path / "run"}', 'imp.levels=2', 'imp.ratio=0.5', 'max_duration=2ep', 'imp.rewind=10ba',
-           'eval_interval=1ep', 'progress_bar=false', 'model.width=4']
+
+def _launch(tmp_path, script_args, port, name='rank', **popen):
+    cmd = [sys.executable, '-m', 'composer.cli.launcher', '-n', '2', '--master_port', str(port),
+           '--stdout', str(tmp_path / f'{name}{{rank}}.out'), '--stderr', str(tmp_path / f'{name}{{rank}}.err'), *script_args]
+    return cmd
+
+
+def _run(cmd):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
-    logs = ''.join(p.read_text() for p in tmp_path.glob('rank*.*'))
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + logs[-4000:]
-    for level in range(3):
+    return proc
+
+
+def _logs(tmp_path):
+    return ''.join(p.read_text() for p in sorted(tmp_path.glob('*.out')) + sorted(tmp_path.glob('*.err')))
+
+
+def _script(out, *overrides):
+    return [os.path.join(ROOT, 'tests', 'ddp_imp_script.py'), os.path.join(ROOT, 'yamls', 'quickstart.yaml'), str(out), *overrides]
+
+
+def _assert_ranks_agree(out, run, levels):
+    for level in range(levels):
         r0 = torch.load(out / f'rank0_level{level}.pt', weights_only=True)
         r1 = torch.load(out / f'rank1_level{level}.pt', weights_only=True)
         # BatchNorm running statistics are rank-local between DDP's buffer broadcasts; parameters must agree bit for bit.
         for k in [k for k in r0['weights'] if 'running_' not in k and 'num_batches' not in k]:
             assert torch.equal(r0['weights'][k], r1['weights'][k]), f'level {level}: {k} differs across ranks'
         if level:
-            saved = torch.load(tmp_path / 'run' / f'level_{level:02d}' / 'mask.pt', weights_only=True)
+            saved = torch.load(run / f'level_{level:02d}' / 'mask.pt', weights_only=True)
             for k, m in saved.items():
                 assert torch.equal(r0['mask'][k], m) and torch.equal(r1['mask'][k], m)
                 assert torch.all(r0['weights'][k][~m] == 0)
-    summary = (tmp_path / 'run' / 'summary.json').read_text()
-    assert summary.count('"level"') == 3, 'outputs are written once, by rank 0'
+
+
+def test_two_ranks_hold_identical_masks_weights_and_adaptive_ratios(tmp_path):
+    out = tmp_path / 'dump'
+    out.mkdir()
+    run = tmp_path / 'run'
+    proc = _run(_launch(tmp_path, _script(out, f'save_folder={run}', *TINY, 'imp.adaptive.enabled=true',
+                                          'imp.adaptive.subsample=128', 'imp.adaptive.batch_size=64'), 29613))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + _logs(tmp_path)[-4000:]
+    _assert_ranks_agree(out, run, 3)
+    rows = json.loads((run / 'summary.json').read_text())['levels']
+    assert len(rows) == 3, 'outputs are written once, by rank 0'
+    assert all(r['sweep'] and r['ratio'] == max(r['sweep']['chosen'] or 0, 0.5) for r in rows[1:])
+
+
+def test_world_size_that_does_not_divide_the_batch_is_refused(tmp_path):
+    proc = _run(_launch(tmp_path, [os.path.join(ROOT, 'run.py'), '-f', os.path.join(ROOT, 'yamls', 'quickstart.yaml'),
+                                   f'save_folder={tmp_path / "run"}', 'data.batch_size=63'], 29614))
+    logs = _logs(tmp_path) + proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert 'data.batch_size=63 must be a positive multiple of the world size 2' in logs
+    assert not (tmp_path / 'run').exists()
+
+
+def test_killed_two_rank_run_resumes_with_ranks_in_agreement(tmp_path):
+    ref_out, out = tmp_path / 'ref_dump', tmp_path / 'dump'
+    ref_out.mkdir()
+    out.mkdir()
+    common = [*TINY, 'imp.checkpoint_interval=5ba', 'max_duration=3ep']
+    proc = _run(_launch(tmp_path, _script(ref_out, f'save_folder={tmp_path / "ref"}', *common), 29615, 'ref'))
+    assert proc.returncode == 0, _logs(tmp_path)[-4000:]
+
+    run = tmp_path / 'run'
+    cmd = _launch(tmp_path, _script(out, f'save_folder={run}', *common), 29616, 'kill')
+    launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (run / 'level_01' / 'checkpoints' / 'latest-rank0.pt').exists():
+        assert launcher.poll() is None and time.time() < deadline, _logs(tmp_path)[-3000:]
+        time.sleep(0.02)
+    os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and both ranks, at once
+    launcher.wait()
+    assert not (run / 'level_01' / 'level.json').exists()
+
+    proc = _run(_launch(tmp_path, _script(out, f'save_folder={run}', *common), 29617, 'resume'))
+    assert proc.returncode == 0, _logs(tmp_path)[-4000:]
+    _assert_ranks_agree(out, run, 3)
+    rows = json.loads((run / 'summary.json').read_text())['levels']
+    ref_rows = json.loads((tmp_path / 'ref' / 'summary.json').read_text())['levels']
+    assert rows[1]['resumed_from_step'] and rows[1]['resumed_from_step'] > rows[1]['start_step']
+    for key in ('level', 'weights_remaining', 'accuracy', 'loss', 'steps', 'cumulative_steps'):
+        assert [r[key] for r in rows] == [r[key] for r in ref_rows], key
+    for level in range(3):
+        a = torch.load(run / f'level_{level:02d}' / 'mask.pt', weights_only=True)
+        b = torch.load(tmp_path / 'ref' / f'level_{level:02d}' / 'mask.pt', weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a)
