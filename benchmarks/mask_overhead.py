@@ -92,9 +92,9 @@ class TimedKeepMask(KeepMask):
         self.apply_times.setdefault(event.name, []).append(time.perf_counter() - t0)
 
 
-def make_model(seed: int):
+def make_model(seed: int, name: str = 'resnet20'):
     torch.manual_seed(seed)
-    return build_model('resnet20', num_classes=10)
+    return build_model(name, num_classes=10)
 
 
 def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -106,7 +106,7 @@ class Run:
 
     def __init__(self, variant: str, loader: DataLoader, args: argparse.Namespace):
         self.variant = variant
-        self.model = make_model(args.seed)
+        self.model = make_model(args.seed, args.model)
         self.mask = None
         algorithms = []
         if variant == 'masked':
@@ -128,7 +128,8 @@ class Run:
             callbacks=[self.timer],
             progress_bar=False,
             log_to_console=False,
-            device='cpu',
+            device=args.device,
+            precision=args.precision,
             seed=args.seed,
         )
 
@@ -222,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--threads', type=int, default=os.cpu_count() or 1, help='torch.set_num_threads')
     parser.add_argument('--sparsity', type=float, default=0.8, help='fraction of conv/linear weights pruned')
     parser.add_argument('--seed', type=int, default=17)
+    parser.add_argument('--model', choices=('resnet20', 'resnet50'), default='resnet20')
+    parser.add_argument('--image-size', type=int, default=32, help='input height and width (224 for resnet50)')
+    parser.add_argument('--device', choices=('cpu', 'gpu'), default='cpu')
+    parser.add_argument('--precision', default='fp32', help="Composer precision, e.g. fp32, amp_bf16 (GPU)")
     parser.add_argument('--interleave', choices=('step', 'fit'), default='step',
                         help="'step': the variants' Trainers advance in lockstep, one batch each in turn (robust to "
                              "load from other processes); 'fit': each variant fits all its steps in turn per round")
@@ -241,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
     g = torch.Generator().manual_seed(args.seed)
     n = args.steps * args.batch_size
-    data = TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))
+    data = TensorDataset(torch.randn(n, 3, args.image_size, args.image_size, generator=g), torch.randint(0, 10, (n,), generator=g))
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=False, num_workers=0, drop_last=True)
 
     print(f'mask_overhead: ResNet-20, batch {args.batch_size} x 3x32x32 fp32, CPU, torch {torch.__version__}, '

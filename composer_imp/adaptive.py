@@ -52,6 +52,9 @@ class AdaptiveConfig:
         baseline: ``'eval'`` or ``'train'``: which dense loss the threshold adds ε to (see module doc).
         recalibrate_bn: recompute BatchNorm statistics of every evaluated network on the subsample
             before evaluating it (one more forward pass per point, counted in the compute).
+        reference: ``'dense'`` (the paper): the threshold is the dense solution's loss + ε at every level;
+            ``'level'``: the loss of the level solution being pruned + ε (the LCS-set of ``w_L`` itself, as in
+            Definition 2.1), which lets later levels prune more when they end slightly above the dense loss.
     """
 
     enabled: bool = False
@@ -61,6 +64,7 @@ class AdaptiveConfig:
     batch_size: int = 512
     baseline: str = 'eval'
     recalibrate_bn: bool = True
+    reference: str = 'dense'
 
     def validate(self) -> None:
         if not self.ratios:
@@ -76,6 +80,8 @@ class AdaptiveConfig:
             raise ValueError(f'imp.adaptive.batch_size must be positive; got {self.batch_size}.')
         if self.baseline not in ('eval', 'train'):
             raise ValueError(f"imp.adaptive.baseline must be 'eval' or 'train'; got {self.baseline!r}.")
+        if self.reference not in ('dense', 'level'):
+            raise ValueError(f"imp.adaptive.reference must be 'dense' or 'level'; got {self.reference!r}.")
 
 
 class LossStatistics(Callback):
@@ -107,10 +113,10 @@ class LossStatistics(Callback):
 
     def result(self) -> dict:
         losses = self.last_epoch or self.current  # a run shorter than an epoch uses what it has
-        if len(losses) < 2:
-            raise ValueError('Too few training batches to estimate ε (need at least 2 in the last epoch).')
         t = torch.tensor(losses, dtype=torch.float64)
-        return {'train_loss_mean': float(t.mean()), 'epsilon': float(t.std()), 'epsilon_batches': len(losses)}
+        return {'train_loss_mean': float(t.mean()) if len(losses) else None,
+                'epsilon': float(t.std()) if len(losses) >= 2 else None,  # needs two batches
+                'epsilon_batches': len(losses)}
 
 
 @dataclass

@@ -286,27 +286,31 @@ class LevelOrchestrator:
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
-    def _sweep(self, model: ComposerModel, weights: Mask, mask: Mask, kwargs: dict) -> dict:
+    def _sweep(self, model: ComposerModel, weights: dict, mask: Mask, kwargs: dict) -> dict:
         """AdaptiveIMP's ratio sweep at the level solution ``weights`` (see composer_imp.adaptive)."""
         cfg = self.imp.adaptive
         tic = time.perf_counter()
-        if 'epsilon' not in self.rows[0]:
-            raise ValueError('imp.adaptive needs the loss statistics of the dense level 0 (epsilon), which this run '
-                             'did not record; start a new run (another save_folder or --overwrite).')
+        if self.rows[0].get('epsilon') is None:
+            raise ValueError('imp.adaptive needs ε, the standard deviation of the dense run\'s per-batch training loss '
+                             'over its last epoch, which level 0 did not record (fewer than 2 batches, or a run made '
+                             'before adaptive existed); start a new run (another save_folder or --overwrite).')
         loader = kwargs['train_dataloader']
         batches = fixed_subsample(loader.dataset, cfg.subsample, cfg.batch_size, seed=0)
         stats = self.rows[0]
         forwards = 0
+        # The LCS-set is that of the dense solution (the paper) or of the level solution being pruned.
+        ref_level = 0 if cfg.reference == 'dense' else len(self.rows) - 1
         if cfg.baseline == 'eval':
-            dense = evaluate_losses(model, [self.folder.load_weights(0)], batches, cfg.recalibrate_bn)[0]
+            ref_weights = self.folder.load_weights(0) if ref_level == 0 else weights
+            dense = evaluate_losses(model, [ref_weights], batches, cfg.recalibrate_bn)[0]
             forwards += cfg.subsample * (2 if cfg.recalibrate_bn else 1)
         else:
-            dense = stats['train_loss_mean']
-        threshold = dense + stats['epsilon']
+            dense = self.rows[ref_level]['train_loss_mean']
+        threshold = dense + stats['epsilon']  # ε always from the dense run's last epoch
         result = sweep_ratio(model, weights, mask, batches, threshold, cfg, self.imp.scope)
         forwards += result.forward_samples
         global_batch = (loader.batch_size or 1) * dist.get_world_size()
-        return {'epsilon': stats['epsilon'], 'baseline': cfg.baseline, 'dense_loss': dense, 'threshold': threshold,
+        return {'epsilon': stats['epsilon'], 'baseline': cfg.baseline, 'reference': cfg.reference, 'dense_loss': dense, 'threshold': threshold,
                 'table': result.table, 'chosen': result.ratio, 'forward_samples': forwards,
                 'step_equivalents': forwards * FORWARD_FRACTION_OF_STEP / global_batch,
                 'seconds': time.perf_counter() - tic}
@@ -326,7 +330,7 @@ class LevelOrchestrator:
         if level == 0:
             self._check_rewind_before_end(kwargs)
             self._check_adaptive(kwargs)
-            callbacks += [RewindCheckpoint(self.imp.rewind, self.folder.rewind), LossStatistics()]
+            callbacks.append(RewindCheckpoint(self.imp.rewind, self.folder.rewind))
         else:
             if not os.path.isfile(self.folder.rewind):
                 raise FileNotFoundError(f'The rewind checkpoint {self.folder.rewind} is missing; level 0 must finish first.')
@@ -341,7 +345,7 @@ class LevelOrchestrator:
                           # A crash between writing a checkpoint and its `latest` link leaves a file autoresume does not
                           # know; the resumed run re-creates it, so overwriting it is safe.
                           save_overwrite=True)
-        callbacks.append(LossGuard(level))
+        callbacks += [LossStatistics(), LossGuard(level)]  # every level records its train loss and ε
         base = str(self.config.get('run_name') or os.path.basename(self.folder.root) or 'imp')
         return dict(kwargs, model=model, algorithms=algorithms, callbacks=callbacks, run_name=f'{base}-level{level:02d}')
 
@@ -450,7 +454,7 @@ class LevelOrchestrator:
         acc_txt = f'accuracy {100 * accuracy:.2f}% (dense {100 * dense:.2f}%)' if accuracy is not None and dense is not None else 'no accuracy metric'
         if sweep:
             passed = [t['ratio'] for t in sweep['table'] if t['within']]
-            self._print(f'sweep before level {level:02d}: threshold {sweep["threshold"]:.4f} (dense {sweep["baseline"]} loss '
+            self._print(f'sweep before level {level:02d}: threshold {sweep["threshold"]:.4f} ({sweep.get("reference", "dense")} {sweep["baseline"]} loss '
                         f'{sweep["dense_loss"]:.4f} + eps {sweep["epsilon"]:.4f}); ratios within: {passed or "none"}, '
                         f'first outside: {next((t["ratio"] for t in sweep["table"] if not t["within"]), "none")} -> prune '
                         f'{sweep["pruned"]:.2f}; sweep cost {sweep["step_equivalents"]:.1f} step-equivalents')

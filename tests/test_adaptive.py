@@ -135,6 +135,7 @@ def test_adaptive_run_prunes_max_of_sweep_and_floor(tmp_path, digits_loaders, ti
     ('imp.adaptive.subsample=5000', 'imp.adaptive.subsample=5000 is larger than the training set (1437 examples)'),
     ('imp.adaptive.baseline=median', "imp.adaptive.baseline must be 'eval' or 'train'"),
     ('imp.adaptive.enable=true', "Did you mean 'imp.adaptive.enabled'"),
+    ('imp.adaptive.reference=previous', "imp.adaptive.reference must be 'dense' or 'level'"),
     ('imp.target_sparsity=1.0', 'imp.target_sparsity must lie strictly between 0 and 1'),
 ])
 def test_adaptive_bad_input(override, message, tmp_path, capsys):
