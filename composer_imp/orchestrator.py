@@ -35,9 +35,8 @@ import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
-import torch
 from composer import Trainer
 from composer.core import Time, TimeUnit
 from composer.models import ComposerModel

@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from types import ModuleType
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import composer.algorithms
 import composer.callbacks

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Union
 
-from composer.core import Callback, Event, State, Time, TimeUnit
+from composer.core import Callback, State, Time, TimeUnit
 from composer.loggers import Logger
 from composer.utils import checkpoint, dist
 

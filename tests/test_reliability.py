@@ -146,3 +146,25 @@ def test_divergence_from_the_cli_exits_nonzero(tmp_path):
                            'optimizer.lr=1e30', 'imp.levels=1', 'max_duration=2ep', 'progress_bar=false'],
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 3 and 'level 00: the training loss became' in proc.stderr
+
+
+def test_level_collapsed_to_chance_is_flagged(tmp_path, digits_loaders, tiny_model_fn):
+    from composer_imp import IMPConfig, find_ticket
+    train, test = digits_loaders
+
+    class Freeze(Callback):  # level 1 outputs constant logits and does not learn: one class for every input
+        def fit_start(self, state, logger):
+            for group in state.optimizers[0].param_groups:
+                group['lr'] = 0.0
+            with torch.no_grad():
+                state.model.module.fc.weight.zero_()
+                state.model.module.fc.bias.zero_()
+
+    def kwargs_fn(model, level):
+        return dict(optimizers=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), train_dataloader=train,
+                    eval_dataloader=test, max_duration='2ep', progress_bar=False, device='cpu', seed=1,
+                    callbacks=[Freeze()] if level == 1 else [])
+
+    rows = find_ticket(tiny_model_fn, kwargs_fn, str(tmp_path), IMPConfig(levels=1, ratio=0.9, rewind='0ba'))
+    assert rows[0]['collapsed'] is False and rows[0]['accuracy'] > 0.8
+    assert rows[1]['collapsed'] is True and rows[1]['accuracy'] <= 0.15
