@@ -376,10 +376,8 @@ class LevelOrchestrator:
         start = time.perf_counter()
         model = self.model_fn()
         user_kwargs = self.trainer_kwargs_fn(model, level)
-        if level == 0:  # validate before anything is written
-            self._trainer_kwargs(user_kwargs, model, 0, full_mask(model, self.imp.ignore))
         mask, ratio, sweep = self._next_mask(level, previous, model, user_kwargs)
-        kwargs = self._trainer_kwargs(user_kwargs, model, level, mask)
+        kwargs = self._trainer_kwargs(user_kwargs, model, level, mask)  # validates before anything is written
         self._write_config()
         if dist.get_global_rank() == 0 and not os.path.isfile(self.folder.selection(level)):
             os.makedirs(self.folder.level_dir(level), exist_ok=True)
