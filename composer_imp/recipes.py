@@ -89,6 +89,10 @@ class Recipe:
         loader_kwargs = {k: data_kwargs.pop(k) for k in loader_keys if k in data_kwargs}
         if 'batch_size' not in loader_kwargs:
             raise ConfigError('data.batch_size is required (the global training batch size).')
+        if data_name == 'streaming':  # StreamingDataset wants the per-device batch sizes at construction
+            world = dist.get_world_size()
+            data_kwargs['device_batch_size'] = loader_kwargs['batch_size'] // world
+            data_kwargs['device_eval_batch_size'] = loader_kwargs.get('eval_batch_size', loader_kwargs['batch_size']) // world
         try:
             self.train_dataset, self.eval_dataset = build_datasets(data_name, **data_kwargs)
             self.train_dataloader, self.eval_dataloader = build_dataloaders(self.train_dataset, self.eval_dataset, **loader_kwargs)

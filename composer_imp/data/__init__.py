@@ -9,6 +9,8 @@
   training augmentation: random crop 32 with 4-pixel padding and horizontal flip.
 * ``imagefolder``: an ImageNet-style ``train/`` and ``val/`` tree of class folders (torchvision
   ``ImageFolder``); Mosaic's recipe transforms (train random-resized-crop 176 + flip, eval resize 232 + center 224).
+* ``streaming``: MosaicML Streaming MDS shards (local or remote) written by ``python -m composer_imp.data.convert``
+  from cifar10 / cifar100 / fashion_mnist; see :mod:`composer_imp.data.streaming`.
 
 Loaders are built once per process and reused by every level. Batch sizes are *global*: each rank
 gets ``batch_size / world_size`` through Composer's ``dist.get_sampler``.
@@ -30,9 +32,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 from composer.utils import dist
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-__all__ = ['build_datasets', 'build_dataloaders', 'read_idx', 'DATASETS', 'FASHION_MNIST_ROOT']
+__all__ = ['build_datasets', 'build_dataloaders', 'read_idx', 'raw_arrays', 'DATASETS', 'FASHION_MNIST_ROOT']
 
 FASHION_MNIST_ROOT = '/usr/share/datasets/fashion-mnist'
 _FMNIST_FILES = {
@@ -79,8 +81,7 @@ def read_idx(path: str) -> np.ndarray:
     return body.reshape(dims)
 
 
-def _fashion_mnist(data_root: Optional[str] = None, train_subset: Optional[int] = None, pad_to: Optional[int] = None) -> tuple[Dataset, Dataset]:
-    root = data_root or FASHION_MNIST_ROOT
+def _check_fmnist(root: str) -> None:
     missing = [os.path.join(root, f) for split in _FMNIST_FILES.values() for f in split if not os.path.isfile(os.path.join(root, f))]
     if missing:
         raise FileNotFoundError(
@@ -89,6 +90,11 @@ def _fashion_mnist(data_root: Optional[str] = None, train_subset: Optional[int] 
             'or set data.data_root to a folder holding the four IDX .gz files '
             f'({", ".join(f for s in _FMNIST_FILES.values() for f in s)}).',
         )
+
+
+def _fashion_mnist(data_root: Optional[str] = None, train_subset: Optional[int] = None, pad_to: Optional[int] = None) -> tuple[Dataset, Dataset]:
+    root = data_root or FASHION_MNIST_ROOT
+    _check_fmnist(root)
 
     def load(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         img_file, lbl_file = _FMNIST_FILES[split]
@@ -152,22 +158,10 @@ class CifarDataset(Dataset):
 
 
 def _cifar(classes: int, data_root: Optional[str] = None, train_subset: Optional[int] = None) -> tuple[Dataset, Dataset]:
-    folder, train_files, test_file, key = (
-        ('cifar-10-batches-py', [f'data_batch_{i}' for i in range(1, 6)], 'test_batch', b'labels') if classes == 10 else
-        ('cifar-100-python', ['train'], 'test', b'fine_labels'))
-    root = os.path.join(data_root or 'data', folder)
-    missing = [f for f in train_files + [test_file] if not os.path.isfile(os.path.join(root, f))]
-    if missing:
-        raise FileNotFoundError(
-            f'CIFAR-{classes} not found: {root!r} lacks {", ".join(missing)}. Set data.data_root to the folder that '
-            f'contains {folder}/ (the python version from https://www.cs.toronto.edu/~kriz/cifar.html, or what '
-            f'torchvision.datasets.CIFAR{classes}(root, download=True) leaves in root).',
-        )
-    parts = [_read_cifar_batch(os.path.join(root, f), key) for f in train_files]
-    x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    arrays = raw_arrays('cifar10' if classes == 10 else 'cifar100', data_root)
+    x, y = arrays['train']
     xt, yt = _subset(torch.from_numpy(x), torch.from_numpy(y), train_subset, 'train_subset')
-    test = _read_cifar_batch(os.path.join(root, test_file), key)
-    return CifarDataset(xt.numpy(), yt.numpy(), train=True), CifarDataset(*test, train=False)
+    return CifarDataset(xt.numpy(), yt.numpy(), train=True), CifarDataset(*arrays['val'], train=False)
 
 
 def _imagefolder(data_root: Optional[str] = None, train_crop: int = 176, eval_resize: int = 232, eval_crop: int = 224) -> tuple[Dataset, Dataset]:
@@ -188,12 +182,54 @@ def _imagefolder(data_root: Optional[str] = None, train_crop: int = 176, eval_re
     return train, val
 
 
+def raw_arrays(name: str, data_root: Optional[str] = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Undecoded uint8 images (N, C, H, W) and int64 labels of a dataset's ``train`` and ``val`` splits."""
+    if name in ('cifar10', 'cifar100'):
+        classes = 10 if name == 'cifar10' else 100
+        folder, train_files, test_file, key = (
+            ('cifar-10-batches-py', [f'data_batch_{i}' for i in range(1, 6)], 'test_batch', b'labels') if classes == 10 else
+            ('cifar-100-python', ['train'], 'test', b'fine_labels'))
+        root = os.path.join(data_root or 'data', folder)
+        missing = [f for f in train_files + [test_file] if not os.path.isfile(os.path.join(root, f))]
+        if missing:
+            raise FileNotFoundError(
+                f'CIFAR-{classes} not found: {root!r} lacks {", ".join(missing)}. Set data.data_root to the folder that '
+                f'contains {folder}/ (the python version from https://www.cs.toronto.edu/~kriz/cifar.html, or what '
+                f'torchvision.datasets.CIFAR{classes}(root, download=True) leaves in root).',
+            )
+        parts = [_read_cifar_batch(os.path.join(root, f), key) for f in train_files]
+        return {'train': (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])),
+                'val': _read_cifar_batch(os.path.join(root, test_file), key)}
+    if name == 'fashion_mnist':
+        root = data_root or FASHION_MNIST_ROOT
+        _check_fmnist(root)
+        out = {}
+        for split, (img, lbl) in (('train', _FMNIST_FILES['train']), ('val', _FMNIST_FILES['test'])):
+            out[split] = (read_idx(os.path.join(root, img))[:, None], read_idx(os.path.join(root, lbl)).astype(np.int64))
+        return out
+    raise ValueError(f'No raw-array reader for dataset {name!r}; convertible datasets: cifar10, cifar100, fashion_mnist.')
+
+
+def _streaming(data_root: Optional[str] = None, local: Optional[str] = None, remote: Optional[str] = None,
+               kind: str = 'cifar10', shuffle_seed: int = 9176, device_batch_size: Optional[int] = None,
+               device_eval_batch_size: Optional[int] = None) -> tuple[Dataset, Dataset]:
+    """MDS shards: ``local`` (or ``data_root``) is the shard folder, or the cache folder when ``remote`` is set.
+    Streaming needs the per-device batch sizes (for deterministic resumption); the recipe passes them."""
+    from composer_imp.data.streaming import streaming_datasets
+    folder = local or data_root
+    if folder is None:
+        raise ValueError('data.name=streaming needs data.local (or data.data_root): the folder of the MDS shards, '
+                         'or the local cache folder when data.remote is set.')
+    return streaming_datasets(folder, remote, kind, shuffle_seed, device_batch_size, device_eval_batch_size)
+
+
 DATASETS: dict[str, Callable[..., tuple[Dataset, Dataset]]] = {
     'digits': _digits,
     'fashion_mnist': _fashion_mnist,
     'cifar10': lambda data_root=None, train_subset=None: _cifar(10, data_root, train_subset),
     'cifar100': lambda data_root=None, train_subset=None: _cifar(100, data_root, train_subset),
     'imagefolder': _imagefolder,
+    'streaming': _streaming,
 }
 
 
@@ -225,8 +261,11 @@ def build_dataloaders(
         if value <= 0 or value % world:
             raise ValueError(f'data.{key}={value} must be a positive multiple of the world size {world} '
                              '(it is the global batch, split evenly across ranks).')
-    train_loader = DataLoader(train, batch_size=batch_size // world, sampler=dist.get_sampler(train, shuffle=True, drop_last=drop_last),
+    # A StreamingDataset (iterable) partitions samples over ranks itself; map-style datasets use Composer's sampler.
+    train_sampler = None if isinstance(train, IterableDataset) else dist.get_sampler(train, shuffle=True, drop_last=drop_last)
+    eval_sampler = None if isinstance(test, IterableDataset) else dist.get_sampler(test, shuffle=False)
+    train_loader = DataLoader(train, batch_size=batch_size // world, sampler=train_sampler,
                               num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0)
-    eval_loader = DataLoader(test, batch_size=eval_batch_size // world, sampler=dist.get_sampler(test, shuffle=False),
+    eval_loader = DataLoader(test, batch_size=eval_batch_size // world, sampler=eval_sampler,
                              num_workers=num_workers, persistent_workers=num_workers > 0)
     return train_loader, eval_loader

@@ -1,0 +1,95 @@
+"""MosaicML Streaming: MDS shards of undecoded uint8 images, read back with the same normalization and
+augmentation as the in-memory loaders.
+
+Layout written by :func:`write_mds` (and ``python -m composer_imp.data.convert``)::
+
+    OUT/train/  index.json + shards     columns: image (ndarray:uint8, C×H×W), label (int)
+    OUT/val/    index.json + shards
+
+Read with ``data: {name: streaming, local: OUT, kind: cifar10}`` (or ``remote: s3://bucket/OUT`` plus a
+``local`` cache folder). Streaming partitions samples over ranks itself and its state travels in
+Composer checkpoints, so a level resumed mid-epoch continues from the exact sample without re-reading
+the earlier batches of the epoch. Each process builds the datasets once: Streaming refuses a second
+instance on the same local folder while the first lives.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+
+__all__ = ['write_mds', 'streaming_datasets', 'KINDS']
+
+# kind -> (mean, std) per channel for normalization, and whether training augments (crop 4 + flip)
+KINDS = {
+    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True),
+    'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True),
+    'fashion_mnist': ((0.2860,), (0.3530,), False),
+}
+
+
+def write_mds(images: np.ndarray, labels: np.ndarray, out: str, compression: Optional[str] = None) -> int:
+    """Write uint8 images (N, C, H, W) and integer labels as MDS shards into ``out``; returns the sample count."""
+    from streaming import MDSWriter
+
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
+        raise ValueError(f'write_mds needs uint8 images of shape (N, C, H, W) and N labels; got {images.dtype} {images.shape}, {len(labels)} labels.')
+    if os.path.isdir(out) and os.listdir(out):
+        raise FileExistsError(f'{out} is not empty; refusing to overwrite MDS shards. Remove it or choose another --out.')
+    with MDSWriter(out=out, columns={'image': 'ndarray:uint8', 'label': 'int'}, compression=compression) as writer:
+        for image, label in zip(images, labels):
+            writer.write({'image': np.ascontiguousarray(image), 'label': int(label)})
+    return len(labels)
+
+
+def _dataset_class():
+    from streaming import StreamingDataset
+
+    class StreamingImages(StreamingDataset):
+        """Decodes ``image``/``label`` samples into normalized float tensors (augmented for training)."""
+
+        def __init__(self, kind: str, train: bool, **kwargs):
+            super().__init__(**kwargs)
+            mean, std, augment = KINDS[kind]
+            self.mean = torch.tensor(mean).view(-1, 1, 1)
+            self.std = torch.tensor(std).view(-1, 1, 1)
+            self.augment = augment and train
+
+        def __getitem__(self, idx: int):
+            sample = super().__getitem__(idx)
+            x = torch.from_numpy(np.array(sample['image'])).float() / 255.0
+            if self.augment:
+                h, w = x.shape[-2:]
+                x = torch.nn.functional.pad(x, (4, 4, 4, 4))
+                top, left = torch.randint(0, 9, (2,)).tolist()
+                x = x[:, top:top + h, left:left + w]
+                if torch.rand(()) < 0.5:
+                    x = x.flip(-1)
+            return (x - self.mean) / self.std, torch.tensor(sample['label'], dtype=torch.long)
+
+    return StreamingImages
+
+
+def streaming_datasets(local: str, remote: Optional[str] = None, kind: str = 'cifar10', shuffle_seed: int = 9176,
+                       batch_size: Optional[int] = None, eval_batch_size: Optional[int] = None):
+    """(train, val) StreamingDatasets over ``local``/``remote`` ``train/`` and ``val/`` MDS folders."""
+    if kind not in KINDS:
+        raise ValueError(f'data.kind={kind!r} is not a known kind of MDS images; known: {", ".join(KINDS)}.')
+    if remote is None:
+        missing = [s for s in ('train', 'val') if not os.path.isfile(os.path.join(local, s, 'index.json'))]
+        if missing:
+            raise FileNotFoundError(
+                f'No MDS shards at data.local={local!r}: {", ".join(os.path.join(local, s, "index.json") for s in missing)} '
+                'missing. Write them with `python -m composer_imp.data.convert --dataset cifar10 --data-root DIR --out '
+                f'{local}`, or set data.remote to where they are stored (then data.local is the cache folder).',
+            )
+    cls = _dataset_class()
+
+    def make(split: str, train: bool):
+        return cls(kind, train, local=os.path.join(local, split), remote=None if remote is None else f'{remote.rstrip("/")}/{split}',
+                   shuffle=train, shuffle_seed=shuffle_seed, batch_size=batch_size if train else (eval_batch_size or batch_size))
+
+    return make('train', True), make('val', False)
