@@ -73,6 +73,9 @@ class IMPConfig:
         scope: ``'global'`` magnitude pruning across layers (the paper) or ``'layerwise'``.
         checkpoint_interval: if set (e.g. ``'1ep'``), each level saves Composer checkpoints in
             ``level_XX/checkpoints`` at this interval and an interrupted level autoresumes from the latest.
+        controls: control runs (``'random_mask'``, ``'reinit'``; see :mod:`composer_imp.controls`) trained for
+            each level in ``control_levels`` after the run, reported beside the ticket.
+        control_levels: pruned levels (≥ 1) that get the controls.
         target_sparsity: stop at the first level whose sparsity (fraction of prunable weights removed)
             reaches this, e.g. 0.9 leaves 10%; ``levels`` stays the cap.
         adaptive: :class:`~composer_imp.adaptive.AdaptiveConfig`, the per-level ratio sweep (AdaptiveIMP).
@@ -86,6 +89,8 @@ class IMPConfig:
     checkpoint_interval: Optional[str] = None
     target_sparsity: Optional[float] = None
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+    controls: list = field(default_factory=list)
+    control_levels: list = field(default_factory=list)
 
     def __post_init__(self):
         if isinstance(self.adaptive, dict):
@@ -93,6 +98,13 @@ class IMPConfig:
 
     def validate(self) -> None:
         self.adaptive.validate()
+        from composer_imp.controls import CONTROLS
+        unknown = [c for c in self.controls if c not in CONTROLS]
+        if unknown:
+            raise ValueError(f'imp.controls has unknown kinds {unknown}; valid: {list(CONTROLS)}.')
+        bad = [l for l in self.control_levels if isinstance(l, bool) or not isinstance(l, int) or not 1 <= l <= self.levels]
+        if bad:
+            raise ValueError(f'imp.control_levels must be pruned levels between 1 and imp.levels={self.levels}; got {bad}.')
         if self.target_sparsity is not None and not 0 < self.target_sparsity < 1:
             raise ValueError(f'imp.target_sparsity must lie strictly between 0 and 1 (fraction of prunable weights '
                              f'removed; 0.9 leaves 10%); got {self.target_sparsity!r}.')
@@ -207,12 +219,28 @@ class LevelOrchestrator:
             if target is not None and 1.0 - row['weights_remaining'] >= target - 1e-12:
                 self._print(f'imp.target_sparsity={target} reached at level {level:02d}')
                 break
+        self._run_controls()
         if dist.get_global_rank() == 0:
             from composer_imp.plots import plot_accuracy_vs_compute  # lazy: keeps `python -m composer_imp.plots` clean
             plot_accuracy_vs_compute({os.path.basename(self.folder.root): self.rows},
                                      os.path.join(self.folder.root, 'accuracy_vs_compute.png'))
         self._print_verdict()
         return self.rows
+
+    def _run_controls(self) -> None:
+        from composer_imp.controls import run_control
+        trained = {r['level']: r for r in self.rows}
+        results = {}
+        for level in self.imp.control_levels:
+            if level not in trained:
+                continue  # the run stopped before this level (imp.target_sparsity)
+            for kind in self.imp.controls:
+                row = run_control(self, level, kind)
+                results.setdefault(str(level), {})[kind] = row['accuracy']
+                self._print(f'control {kind} at level {level:02d}: accuracy {100 * row["accuracy"]:.2f}% '
+                            f'(ticket {100 * trained[level]["accuracy"]:.2f}%)')
+        if results and dist.get_global_rank() == 0:
+            self.folder.write_summary(self.rows, {'controls': results})
 
     def _verified(self, level: int) -> bool:
         """Rank 0 checks the level's artifacts against their checksums (removing corrupted ones); all ranks agree."""

@@ -119,3 +119,45 @@ def test_rewind_after_end_is_refused_before_training(tmp_path, user_loaders):
     with pytest.raises(ValueError, match='imp.rewind'):
         find_ticket(model_fn, kwargs_fn, str(tmp_path), IMPConfig(levels=1, rewind='3ep'))
     assert not os.listdir(tmp_path), 'a refused run must write nothing'
+
+
+def test_controls_random_mask_and_reinit_beside_the_ticket(tmp_path, user_loaders):
+    from composer_imp.controls import random_mask_like
+    loggers = []
+    model_fn, kwargs_fn = _recipe(user_loaders, loggers)
+    imp = IMPConfig(levels=2, ratio=0.5, rewind='5ba', controls=['random_mask', 'reinit'], control_levels=[2])
+    rows = find_ticket(model_fn, kwargs_fn, str(tmp_path), imp)
+    summary = json.loads((tmp_path / 'summary.json').read_text())
+    for kind in ('random_mask', 'reinit'):
+        result = json.loads((tmp_path / 'level_02' / 'controls' / f'{kind}.json').read_text())
+        assert result['weights_remaining'] == pytest.approx(rows[2]['weights_remaining'])
+        assert 0 <= result['accuracy'] <= 1
+        assert summary['controls']['2'][kind] == result['accuracy']
+    ticket = torch.load(tmp_path / 'level_02' / 'mask.pt', weights_only=True)
+    rand = random_mask_like(ticket, 0)
+    assert all(int(rand[k].sum()) == int(ticket[k].sum()) for k in ticket)  # same per-layer sparsity
+    assert any(not torch.equal(rand[k], ticket[k]) for k in ticket)          # different positions
+    n = len(loggers)
+    find_ticket(model_fn, kwargs_fn, str(tmp_path), imp)  # resumable: nothing is trained again
+    assert len(loggers) == n
+    with pytest.raises(ValueError, match='imp.controls has unknown kinds'):
+        IMPConfig(controls=['shuffle']).validate()
+
+
+def test_reinit_control_permutes_weights_within_each_layer(user_loaders):
+    from composer import Trainer
+    from composer_imp.controls import PermuteWeights
+    train, _ = user_loaders
+    model_fn, _ = _recipe(user_loaders, [])
+    model = model_fn()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    names = ['module.body.0.weight', 'module.head.weight']
+    trainer = Trainer(model=model, optimizers=torch.optim.SGD(model.parameters(), lr=0.0), train_dataloader=train,
+                      max_duration='1ba', callbacks=[PermuteWeights(names, seed=3)], progress_bar=False, device='cpu')
+    trainer.fit()
+    trainer.close()
+    after = dict(model.named_parameters())
+    for n in names:
+        assert torch.equal(after[n].detach().flatten().sort().values, before[n].flatten().sort().values)
+        assert not torch.equal(after[n].detach(), before[n])
+    assert torch.equal(after['module.head.bias'].detach(), before['module.head.bias'])
