@@ -11,6 +11,9 @@ install:
 
 install-test:
 	$(PIP) install -e '.[test]'
+	@# FFCV builds from source and needs system libraries (CI installs them; see README). Without them its tests skip.
+	$(PIP) install -e '.[ffcv]' || echo "composer-imp: ffcv not installed (apt-get install -y pkg-config libopencv-dev libturbojpeg0-dev, then make test); its tests will be skipped"
+
 
 run: install quickstart
 

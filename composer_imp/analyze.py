@@ -68,6 +68,9 @@ def analyze_run(
     recipe = build_recipe(cfg)
     model = recipe.model_fn()
     batches = list(recipe.eval_dataloader)
+    if recalibrate_bn and recipe.train_dataset is None:
+        raise ValueError('--recalibrate-bn needs a map-style training dataset; this run reads FFCV files. '
+                         'Analyse with the same data through another loader (e.g. data.name=cifar10) or without it.')
     recal = fixed_subsample(recipe.train_dataset, min(1024, len(recipe.train_dataset)), 256) if recalibrate_bn else None
     weights = {}
     for level in levels:

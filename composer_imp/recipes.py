@@ -31,7 +31,7 @@ from composer.utils import dist, reproducibility
 from omegaconf import DictConfig, OmegaConf
 
 from composer_imp.config import ConfigError
-from composer_imp.data import build_dataloaders, build_datasets
+from composer_imp.data import make_loaders
 from composer_imp.masks import full_mask
 from composer_imp.models import build_model
 from composer_imp.orchestrator import IMPConfig, LevelOrchestrator
@@ -94,9 +94,9 @@ class Recipe:
             data_kwargs['device_batch_size'] = loader_kwargs['batch_size'] // world
             data_kwargs['device_eval_batch_size'] = loader_kwargs.get('eval_batch_size', loader_kwargs['batch_size']) // world
         try:
-            self.train_dataset, self.eval_dataset = build_datasets(data_name, **data_kwargs)
-            self.train_dataloader, self.eval_dataloader = build_dataloaders(self.train_dataset, self.eval_dataset, **loader_kwargs)
-        except ValueError as e:
+            self.train_dataset, self.eval_dataset, self.train_dataloader, self.eval_dataloader = make_loaders(
+                data_name, data_kwargs, loader_kwargs, seed=cfg.seed)
+        except (ValueError, TypeError) as e:
             raise ConfigError(str(e)) from None
         self.model_name, self.model_kwargs = _split(cfg.model)
         self.imp = IMPConfig(**OmegaConf.to_container(cfg.imp, resolve=True))

@@ -9,6 +9,7 @@
   training augmentation: random crop 32 with 4-pixel padding and horizontal flip.
 * ``imagefolder``: an ImageNet-style ``train/`` and ``val/`` tree of class folders (torchvision
   ``ImageFolder``); Mosaic's recipe transforms (train random-resized-crop 176 + flip, eval resize 232 + center 224).
+* ``ffcv``: FFCV ``.beton`` files with Mosaic's pipeline; see :mod:`composer_imp.data.ffcv`.
 * ``streaming``: MosaicML Streaming MDS shards (local or remote) written by ``python -m composer_imp.data.convert``
   from cifar10 / cifar100 / fashion_mnist; see :mod:`composer_imp.data.streaming`.
 
@@ -34,7 +35,7 @@ import torch
 from composer.utils import dist
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-__all__ = ['build_datasets', 'build_dataloaders', 'read_idx', 'raw_arrays', 'DATASETS', 'FASHION_MNIST_ROOT']
+__all__ = ['build_datasets', 'build_dataloaders', 'make_loaders', 'read_idx', 'raw_arrays', 'DATASETS', 'FASHION_MNIST_ROOT']
 
 FASHION_MNIST_ROOT = '/usr/share/datasets/fashion-mnist'
 _FMNIST_FILES = {
@@ -244,6 +245,28 @@ def build_datasets(name: str, **kwargs: Any) -> tuple[Dataset, Dataset]:
     if unknown:
         raise ValueError(f'data.{unknown[0]} is not an option of dataset {name!r}; valid: {", ".join(sorted(valid))}.')
     return DATASETS[name](**kwargs)
+
+
+def make_loaders(name: str, data_kwargs: dict, loader_kwargs: dict, seed: int = 0) -> tuple[Any, Any, Any, Any]:
+    """``(train_dataset, eval_dataset, train_loader, eval_loader)`` for a ``data:`` section; datasets are
+    ``None`` for FFCV, whose loaders read ``.beton`` files directly."""
+    if name == 'ffcv':
+        from composer_imp.data.ffcv import ffcv_loaders
+
+        world = dist.get_world_size()
+        batch, eval_batch = loader_kwargs['batch_size'], loader_kwargs.get('eval_batch_size', loader_kwargs['batch_size'])
+        for key, value in (('batch_size', batch), ('eval_batch_size', eval_batch)):
+            if value <= 0 or value % world:
+                raise ValueError(f'data.{key}={value} must be a positive multiple of the world size {world}.')
+        root = data_kwargs.pop('data_root', None) or data_kwargs.pop('local', None)
+        if root is None:
+            raise ValueError('data.name=ffcv needs data.data_root: the folder holding train.beton and val.beton.')
+        train, val = ffcv_loaders(root, batch_size=batch // world, eval_batch_size=eval_batch // world,
+                                  num_workers=max(1, loader_kwargs.get('num_workers', 1)), seed=seed,
+                                  distributed=world > 1, drop_last=loader_kwargs.get('drop_last', True), **data_kwargs)
+        return None, None, train, val
+    train, test = build_datasets(name, **data_kwargs)
+    return (train, test, *build_dataloaders(train, test, **loader_kwargs))
 
 
 def build_dataloaders(

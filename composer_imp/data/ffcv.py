@@ -1,0 +1,95 @@
+"""FFCV: ``.beton`` files and loaders with the decode / crop / flip / normalize pipeline of Mosaic's ResNet recipe.
+
+Install: ``apt-get install -y pkg-config libopencv-dev libturbojpeg0-dev`` then ``pip install -e '.[ffcv]'``.
+Write with ``python -m composer_imp.data.convert --format ffcv ...`` (``OUT/train.beton``, ``OUT/val.beton``),
+read with ``data: {name: ffcv, data_root: OUT, kind: cifar10 | cifar100 | imagenet}``.
+
+Pipelines (CPU tensors; Composer moves batches to the device):
+
+* images, training: ``cifar*``: decode, ``RandomTranslate(padding=4)``, ``RandomHorizontalFlip``;
+  ``imagenet``: ``RandomResizedCropRGBImageDecoder((train_crop, train_crop))``, ``RandomHorizontalFlip``;
+* images, evaluation: ``cifar*``: decode; ``imagenet``: ``CenterCropRGBImageDecoder((eval_crop, eval_crop),
+  ratio=eval_crop / eval_resize)``;
+* then ``NormalizeImage(mean, std, float32)``, ``ToTensor``, ``ToTorchImage``; labels: ``IntDecoder``,
+  ``ToTensor``, ``Squeeze``.
+
+The first epoch of a process pays FFCV's numba compilation (a few seconds). FFCV loaders have no map-style
+dataset, so AdaptiveIMP's sweep and the analysis's BatchNorm recalibration need another loader.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+__all__ = ['write_beton', 'ffcv_loaders', 'KINDS']
+
+KINDS = {
+    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+class _Indexed:
+    def __init__(self, images: Any, labels: Any):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        image = self.images[i]
+        if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[0] == 3:
+            image = np.ascontiguousarray(image.transpose(1, 2, 0))  # CHW -> HWC for FFCV
+        return image, int(self.labels[i])
+
+
+def write_beton(images: Any, labels: Any, path: str, jpeg: bool = False, max_resolution: Optional[int] = None) -> int:
+    """Write RGB images (uint8 N×3×H×W arrays, or PIL images) and labels to an FFCV ``.beton`` file."""
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    if os.path.exists(path):
+        raise FileExistsError(f'{path} exists; refusing to overwrite. Remove it or choose another --out.')
+    if isinstance(images, np.ndarray) and (images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3):
+        raise ValueError(f'FFCV RGB images must be uint8 N x 3 x H x W; got {images.dtype} {images.shape}.')
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    field = RGBImageField(write_mode='jpg' if jpeg else 'raw', max_resolution=max_resolution)
+    DatasetWriter(path, {'image': field, 'label': IntField()}, num_workers=1).from_indexed_dataset(_Indexed(images, labels))
+    return len(labels)
+
+
+def ffcv_loaders(root: str, kind: str, batch_size: int, eval_batch_size: int, num_workers: int = 1, seed: int = 0,
+                 distributed: bool = False, train_crop: int = 176, eval_resize: int = 232, eval_crop: int = 224,
+                 drop_last: bool = True):
+    """(train, eval) FFCV loaders over ``root/train.beton`` and ``root/val.beton`` (per-rank batch sizes)."""
+    from ffcv.fields.decoders import (CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder,
+                                      SimpleRGBImageDecoder)
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, RandomTranslate, Squeeze, ToTensor, ToTorchImage
+
+    if kind not in KINDS:
+        raise ValueError(f'data.kind={kind!r} is not a known FFCV kind; known: {", ".join(KINDS)}.')
+    missing = [os.path.join(root, f) for f in ('train.beton', 'val.beton') if not os.path.isfile(os.path.join(root, f))]
+    if missing:
+        raise FileNotFoundError(f'FFCV files not found: {", ".join(missing)}. Write them with `python -m '
+                                f'composer_imp.data.convert --format ffcv --dataset ... --out {root}`.')
+    mean, std = (np.array(v) * 255 for v in KINDS[kind])
+    tail = [NormalizeImage(mean, std, np.float32), ToTensor(), ToTorchImage()]
+    labels = [IntDecoder(), ToTensor(), Squeeze()]
+    if kind == 'imagenet':
+        train_images = [RandomResizedCropRGBImageDecoder((train_crop, train_crop)), RandomHorizontalFlip()]
+        eval_images = [CenterCropRGBImageDecoder((eval_crop, eval_crop), ratio=eval_crop / eval_resize)]
+    else:
+        train_images = [SimpleRGBImageDecoder(), RandomTranslate(padding=4), RandomHorizontalFlip()]
+        eval_images = [SimpleRGBImageDecoder()]
+    train = Loader(os.path.join(root, 'train.beton'), batch_size=batch_size, num_workers=num_workers,
+                   order=OrderOption.RANDOM, drop_last=drop_last, seed=seed, distributed=distributed,
+                   pipelines={'image': train_images + tail, 'label': labels})
+    val = Loader(os.path.join(root, 'val.beton'), batch_size=eval_batch_size, num_workers=num_workers,
+                 order=OrderOption.SEQUENTIAL, drop_last=False, distributed=distributed,
+                 pipelines={'image': eval_images + list(tail), 'label': list(labels)})
+    return train, val

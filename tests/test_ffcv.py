@@ -1,0 +1,64 @@
+"""FFCV: .beton files written by the converter from CIFAR files and an ImageFolder tree, read back by IMP runs."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+if os.environ.get('CI') != 'true':  # CI installs FFCV's system libraries and ffcv; nothing may skip there
+    pytest.importorskip('ffcv', reason="ffcv is not installed (apt-get install -y pkg-config libopencv-dev "
+                        "libturbojpeg0-dev; pip install -e '.[ffcv]')")
+
+from conftest import ROOT
+from test_recipes import TINY, _write_cifar
+
+
+def test_cifar_to_beton_then_train_imp(tmp_path, capsys):
+    import run
+    from composer_imp.data import build_datasets
+    from composer_imp.data.convert import main as convert
+    from composer_imp.data.ffcv import ffcv_loaders
+    _write_cifar(tmp_path / 'data', 10)
+    assert convert(['--format', 'ffcv', '--dataset', 'cifar10', '--data-root', str(tmp_path / 'data'),
+                    '--out', str(tmp_path / 'ffcv')]) == 0
+    # evaluation batches equal the in-memory loader's (same pixels, same normalization)
+    _, val = ffcv_loaders(str(tmp_path / 'ffcv'), 'cifar10', batch_size=10, eval_batch_size=20)
+    x, y = next(iter(val))
+    _, mem_val = build_datasets('cifar10', data_root=str(tmp_path / 'data'))
+    assert tuple(x.shape) == (20, 3, 32, 32) and torch.equal(y, mem_val.labels)
+    assert torch.allclose(x, torch.stack([mem_val[i][0] for i in range(20)]), atol=1e-5)
+
+    code = run.main(['-f', os.path.join(ROOT, 'yamls', 'cifar10_resnet20_imp.yaml'), f'save_folder={tmp_path / "run"}',
+                     'data.name=ffcv', f'data.data_root={tmp_path / "ffcv"}', 'data.kind=cifar10',
+                     'data.batch_size=10', 'data.eval_batch_size=10', *TINY])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    rows = json.loads((tmp_path / 'run' / 'summary.json').read_text())['levels']
+    assert [r['level'] for r in rows] == [0, 1] and rows[1]['start_step'] == 2
+
+
+def test_imagefolder_to_beton_and_refusals(tmp_path, capsys):
+    from PIL import Image
+    from composer_imp.data.convert import main as convert
+    from composer_imp.data.ffcv import ffcv_loaders
+    rng = np.random.default_rng(0)
+    for split in ('train', 'val'):
+        for cls in ('a', 'b'):
+            (tmp_path / 'img' / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / 'img' / split / cls / f'{i}.jpg')
+    args = ['--format', 'ffcv', '--dataset', 'imagefolder', '--data-root', str(tmp_path / 'img'), '--out', str(tmp_path / 'out')]
+    assert convert(args) == 0
+    train, val = ffcv_loaders(str(tmp_path / 'out'), 'imagenet', batch_size=2, eval_batch_size=6, train_crop=32, eval_crop=32,
+                              eval_resize=36)
+    x, y = next(iter(train))
+    assert tuple(x.shape) == (2, 3, 32, 32)
+    assert sorted(next(iter(val))[1].tolist()) == [0, 0, 0, 1, 1, 1]
+    assert convert(args) == 2 and 'refusing to overwrite' in capsys.readouterr().err
+    try:
+        ffcv_loaders(str(tmp_path / 'nothing'), 'cifar10', 2, 2)
+    except FileNotFoundError as e:
+        assert 'train.beton' in str(e) and 'composer_imp.data.convert --format ffcv' in str(e)
+    else:
+        raise AssertionError('missing .beton files must be refused')
