@@ -16,10 +16,15 @@ from composer_imp.recipes import build_recipe
 class DumpRankState(Callback):
     def __init__(self, out, level):
         self.out, self.level = out, level
+        self.eval_seen = 0
+
+    def eval_batch_end(self, state, logger):
+        self.eval_seen += len(state.batch[1])
 
     def fit_end(self, state, logger):
         masks = [a.mask for a in state.algorithms if isinstance(a, KeepMask)]
-        torch.save({'weights': unwrap_model(state.model).state_dict(), 'mask': masks[0] if masks else None},
+        torch.save({'weights': unwrap_model(state.model).state_dict(), 'mask': masks[0] if masks else None,
+                    'eval_seen': self.eval_seen},
                    f'{self.out}/rank{dist.get_global_rank()}_level{self.level}.pt')
 
 

@@ -54,7 +54,7 @@ def _subset(images: torch.Tensor, labels: torch.Tensor, n: Optional[int], key: s
     return images[idx], labels[idx]
 
 
-def _digits(train_subset: Optional[int] = None) -> tuple[Dataset, Dataset]:
+def _digits(train_subset: Optional[int] = None, eval_subset: Optional[int] = None) -> tuple[Dataset, Dataset]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -64,7 +64,12 @@ def _digits(train_subset: Optional[int] = None) -> tuple[Dataset, Dataset]:
     mean, std = x_tr.mean(), x_tr.std()
     to = lambda a: torch.from_numpy((a - mean) / std)
     xtr, ytr = _subset(to(x_tr), torch.from_numpy(y_tr), train_subset, 'train_subset')
-    return TensorDataset(xtr, ytr), TensorDataset(to(x_te), torch.from_numpy(y_te))
+    xte, yte = to(x_te), torch.from_numpy(y_te)
+    if eval_subset is not None:
+        if not 0 < eval_subset <= len(yte):
+            raise ValueError(f'data.eval_subset={eval_subset} must be between 1 and the test set size {len(yte)}.')
+        xte, yte = xte[:eval_subset], yte[:eval_subset]
+    return TensorDataset(xtr, ytr), TensorDataset(xte, yte)
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -285,6 +290,8 @@ def build_dataloaders(
             raise ValueError(f'data.{key}={value} must be a positive multiple of the world size {world} '
                              '(it is the global batch, split evenly across ranks).')
     # A StreamingDataset (iterable) partitions samples over ranks itself; map-style datasets use Composer's sampler.
+    # Its eval padding (DistributedSampler repeats examples to even out shards) is removed from the metrics by
+    # Composer's eval loop, so every eval example counts exactly once.
     train_sampler = None if isinstance(train, IterableDataset) else dist.get_sampler(train, shuffle=True, drop_last=drop_last)
     eval_sampler = None if isinstance(test, IterableDataset) else dist.get_sampler(test, shuffle=False)
     train_loader = DataLoader(train, batch_size=batch_size // world, sampler=train_sampler,
