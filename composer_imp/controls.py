@@ -78,6 +78,8 @@ def run_control(orchestrator, level: int, kind: str, seed: int = 0) -> dict:
     kwargs['run_name'] = f'{kwargs["run_name"]}-{kind}'
     if kind == 'reinit':
         kwargs['callbacks'] = kwargs['callbacks'] + [PermuteWeights(mask, seed)]
+    from composer_imp.orchestrator import _restart_dataset_epochs
+    _restart_dataset_epochs(kwargs)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='KeepMask is not in the state_dict')
         trainer = Trainer(**kwargs)

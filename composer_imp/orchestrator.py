@@ -138,6 +138,15 @@ def _to_batches(duration: Any, batches_per_epoch: Optional[int]) -> Optional[int
     return None
 
 
+def _restart_dataset_epochs(kwargs: dict) -> None:
+    """Datasets that count their own epochs (MosaicML Streaming) are reused across levels; set their counter back
+    to 0 so the position restored from the rewind checkpoint (an earlier epoch) is not discarded as stale."""
+    for key in ('train_dataloader', 'eval_dataloader'):
+        dataset = getattr(kwargs.get(key), 'dataset', None)
+        if dataset is not None and hasattr(type(dataset), 'next_epoch'):
+            dataset.next_epoch = 0
+
+
 def _batches_per_epoch(kwargs: dict) -> Optional[int]:
     try:
         return len(kwargs['train_dataloader'])
@@ -412,6 +421,7 @@ class LevelOrchestrator:
             atomic_torch_save(mask, self.folder.mask(level))  # before training: a resumed level reuses it
             atomic_write_text(json.dumps({'ratio': ratio, 'sweep': sweep}, indent=2), self.folder.selection(level))
         dist.barrier()
+        _restart_dataset_epochs(kwargs)
         with warnings.catch_warnings():
             # Expected: the dense rewind checkpoint was written before KeepMask existed.
             warnings.filterwarnings('ignore', message='KeepMask is not in the state_dict')

@@ -47,3 +47,31 @@ def test_converter_refuses_to_overwrite_and_reader_names_missing_shards(tmp_path
     assert convert(['--dataset', 'cifar10', '--data-root', str(tmp_path / 'data'), '--out', str(tmp_path / 'out')]) == 2
     assert 'not empty; refusing to overwrite' in capsys.readouterr().err
     assert (tmp_path / 'out' / 'train' / 'keep.txt').read_text() == 'x'
+
+
+def test_levels_continue_the_streamed_data_order_from_tau(tmp_path):
+    from composer.utils import reproducibility
+    from composer_imp import IMPConfig, find_ticket
+    from composer_imp.data import make_loaders
+    from composer_imp.data.convert import main as convert
+    from composer_imp.models import build_model
+    from test_rewind import Probe
+    _write_cifar(tmp_path / 'data', 10)
+    assert convert(['--dataset', 'cifar10', '--data-root', str(tmp_path / 'data'), '--out', str(tmp_path / 'mds')]) == 0
+    _, _, train, val = make_loaders('streaming', {'data_root': str(tmp_path / 'mds'), 'kind': 'cifar10', 'device_batch_size': 10,
+                                                  'device_eval_batch_size': 10}, {'batch_size': 10, 'eval_batch_size': 10})
+    tau = 13  # 10 batches per epoch: mid-epoch 2, restored from Streaming's own state in the rewind checkpoint
+    probes = {}
+
+    def model_fn():
+        reproducibility.seed_all(0)
+        return build_model('resnet20', num_classes=10, width=4)
+
+    def kwargs_fn(model, level):
+        probes[level] = Probe(at=tau if level == 0 else None)
+        return dict(optimizers=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), train_dataloader=train,
+                    eval_dataloader=val, max_duration='2ep', callbacks=[probes[level]], progress_bar=False, device='cpu', seed=3)
+
+    rows = find_ticket(model_fn, kwargs_fn, str(tmp_path / 'run'), IMPConfig(levels=1, rewind=f'{tau}ba'))
+    assert probes[1].snap['step'] == tau and rows[1]['steps'] == 20 - tau
+    assert torch.equal(probes[1].snap['labels'], probes[0].snap['labels']), 'level 1 must see the dense order from tau'
