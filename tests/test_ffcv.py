@@ -3,7 +3,6 @@
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,7 +11,7 @@ if os.environ.get('CI') != 'true':  # CI installs FFCV's system libraries and ff
                         "libturbojpeg0-dev; pip install -e '.[ffcv]')")
 
 from conftest import ROOT
-from test_recipes import TINY, _write_cifar
+from test_recipes import TINY, _write_cifar, _write_imagefolder
 
 
 def test_cifar_to_beton_then_train_imp(tmp_path, capsys):
@@ -39,15 +38,9 @@ def test_cifar_to_beton_then_train_imp(tmp_path, capsys):
 
 
 def test_imagefolder_to_beton_and_refusals(tmp_path, capsys):
-    from PIL import Image
     from composer_imp.data.convert import main as convert
     from composer_imp.data.ffcv import ffcv_loaders
-    rng = np.random.default_rng(0)
-    for split in ('train', 'val'):
-        for cls in ('a', 'b'):
-            (tmp_path / 'img' / split / cls).mkdir(parents=True)
-            for i in range(3):
-                Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / 'img' / split / cls / f'{i}.jpg')
+    _write_imagefolder(tmp_path / 'img', per_class=3, size=(40, 50))
     args = ['--format', 'ffcv', '--dataset', 'imagefolder', '--data-root', str(tmp_path / 'img'), '--out', str(tmp_path / 'out')]
     assert convert(args) == 0
     train, val = ffcv_loaders(str(tmp_path / 'out'), 'imagenet', batch_size=2, eval_batch_size=6, train_crop=32, eval_crop=32,

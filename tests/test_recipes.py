@@ -29,6 +29,17 @@ def _write_cifar(root, classes):
             pickle.dump(batch, f)
 
 
+def _write_imagefolder(root, per_class, size, classes=('n01', 'n02')):
+    """An ImageNet-style train/ and val/ tree of random JPEGs, one folder per class."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split in ('train', 'val'):
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / split / cls / f'{i}.jpg')
+
+
 @pytest.mark.parametrize('path', RECIPES, ids=os.path.basename)
 def test_every_recipe_yaml_is_a_valid_config(path):
     from composer_imp.config import load_config
@@ -60,13 +71,7 @@ def test_cifar_missing_folder_and_foreign_pickles_are_refused(tmp_path):
 
 def test_r50_recipe_runs_on_an_imagefolder_tree(tmp_path, capsys):
     import run
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for split in ('train', 'val'):
-        for cls in ('n01', 'n02'):
-            (tmp_path / 'imagenet' / split / cls).mkdir(parents=True)
-            for i in range(4):
-                Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(tmp_path / 'imagenet' / split / cls / f'{i}.jpg')
+    _write_imagefolder(tmp_path / 'imagenet', per_class=4, size=(64, 80))
     code = run.main(['-f', os.path.join(ROOT, 'yamls', 'r50_imp.yaml'), f'save_folder={tmp_path / "run"}',
                      f'data.data_root={tmp_path / "imagenet"}', 'data.batch_size=4', 'data.eval_batch_size=8',
                      'precision=fp32', 'model.num_classes=2', 'data.train_crop=64', 'data.eval_resize=72',
