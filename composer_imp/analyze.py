@@ -67,6 +67,8 @@ def analyze_run(
     cfg = config_from_dict(OmegaConf.to_container(OmegaConf.load(folder.config), resolve=True))
     recipe = build_recipe(cfg)
     model = recipe.model_fn()
+    from composer_imp.orchestrator import apply_model_surgery
+    apply_model_surgery(model, recipe.trainer_kwargs_fn(model, 0)['algorithms'])  # same parameter names as the run
     batches = list(recipe.eval_dataloader)
     if recalibrate_bn and recipe.train_dataset is None:
         raise ValueError('--recalibrate-bn needs a map-style training dataset; this run reads FFCV files. '

@@ -71,8 +71,11 @@ def run_control(orchestrator, level: int, kind: str, seed: int = 0) -> dict:
             return json.load(f)
     ticket = load_mask(folder.mask(level))
     mask = random_mask_like(ticket, seed) if kind == 'random_mask' else ticket
+    from composer_imp.orchestrator import apply_model_surgery
     model = orchestrator.model_fn()
-    kwargs = orchestrator._trainer_kwargs(orchestrator.trainer_kwargs_fn(model, level), model, level, mask)
+    user_kwargs = orchestrator.trainer_kwargs_fn(model, level)
+    apply_model_surgery(model, user_kwargs.get('algorithms'), user_kwargs.get('optimizers'))
+    kwargs = orchestrator._trainer_kwargs(user_kwargs, model, level, mask)
     for key in ('save_folder', 'autoresume', 'save_interval', 'save_num_checkpoints_to_keep', 'save_overwrite'):
         kwargs.pop(key, None)  # controls are short runs: no level checkpoints
     kwargs['run_name'] = f'{kwargs["run_name"]}-{kind}'

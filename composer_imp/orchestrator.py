@@ -51,7 +51,7 @@ from composer_imp.artifacts import RunFolder, atomic_torch_save, atomic_write_te
 from composer_imp.masks import Mask, full_mask, load_mask, magnitude_prune, sparsity_report, unwrap_model
 from composer_imp.rewind import RewindCheckpoint, parse_rewind, rewind_batches
 
-__all__ = ['IMPConfig', 'LevelOrchestrator', 'find_ticket', 'RESERVED_TRAINER_KWARGS']
+__all__ = ['IMPConfig', 'LevelOrchestrator', 'find_ticket', 'apply_model_surgery', 'RESERVED_TRAINER_KWARGS']
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,21 @@ def _to_batches(duration: Any, batches_per_epoch: Optional[int]) -> Optional[int
     if t.unit == TimeUnit.EPOCH and batches_per_epoch is not None:
         return int(t.value) * batches_per_epoch
     return None
+
+
+def apply_model_surgery(model: ComposerModel, algorithms: Any, optimizers: Any = None) -> None:
+    """Apply the parameter-renaming surgery of Composer algorithms (BlurPool wraps strided convs, so
+    ``x.weight`` becomes ``x.conv.weight``) to a fresh model *before* its mask is made, so masks, checkpoints
+    and weights files all use the post-surgery names. Composer's own INIT surgery then finds nothing left to do.
+    Surgery creates new parameters: ``optimizers`` already built on the model are updated to them.
+    """
+    from composer.algorithms import BlurPool
+    from composer.algorithms.blurpool import apply_blurpool
+
+    for algorithm in ensure_tuple(algorithms or []):
+        if isinstance(algorithm, BlurPool):
+            apply_blurpool(model, replace_convs=algorithm.replace_convs, replace_maxpools=algorithm.replace_maxpools,
+                           blur_first=algorithm.blur_first, min_channels=algorithm.min_channels, optimizers=optimizers)
 
 
 def _restart_dataset_epochs(kwargs: dict) -> None:
@@ -413,6 +428,7 @@ class LevelOrchestrator:
         start = time.perf_counter()
         model = self.model_fn()
         user_kwargs = self.trainer_kwargs_fn(model, level)
+        apply_model_surgery(model, user_kwargs.get('algorithms'), user_kwargs.get('optimizers'))
         mask, ratio, sweep = self._next_mask(level, previous, model, user_kwargs)
         kwargs = self._trainer_kwargs(user_kwargs, model, level, mask)  # validates before anything is written
         self._write_config()
