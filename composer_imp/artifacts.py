@@ -140,9 +140,6 @@ class RunFolder:
             level += 1
         return done
 
-    def is_imp_run(self) -> bool:
-        return os.path.isfile(self.config) or os.path.isdir(self.level_dir(0))
-
     def read_row(self, level: int) -> dict:
         with open(self.level_json(level)) as f:
             return json.load(f)

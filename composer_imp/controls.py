@@ -71,7 +71,7 @@ def run_control(orchestrator, level: int, kind: str, seed: int = 0) -> dict:
             return json.load(f)
     ticket = load_mask(folder.mask(level))
     mask = random_mask_like(ticket, seed) if kind == 'random_mask' else ticket
-    from composer_imp.orchestrator import apply_model_surgery
+    from composer_imp.orchestrator import _eval_numbers, _restart_dataset_epochs, apply_model_surgery
     model = orchestrator.model_fn()
     user_kwargs = orchestrator.trainer_kwargs_fn(model, level)
     apply_model_surgery(model, user_kwargs.get('algorithms'), user_kwargs.get('optimizers'))
@@ -81,7 +81,6 @@ def run_control(orchestrator, level: int, kind: str, seed: int = 0) -> dict:
     kwargs['run_name'] = f'{kwargs["run_name"]}-{kind}'
     if kind == 'reinit':
         kwargs['callbacks'] = kwargs['callbacks'] + [PermuteWeights(mask, seed)]
-    from composer_imp.orchestrator import _restart_dataset_epochs
     _restart_dataset_epochs(kwargs)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='KeepMask is not in the state_dict')
@@ -89,7 +88,7 @@ def run_control(orchestrator, level: int, kind: str, seed: int = 0) -> dict:
     trainer.fit()
     values = {k: float(v) for k, v in trainer.state.eval_metric_values.items()}
     trainer.close()
-    accuracy = next((v for k, v in values.items() if 'accuracy' in k.lower()), None)
+    accuracy, _ = _eval_numbers(values)
     row = {'level': level, 'kind': kind, 'seed': seed, 'accuracy': accuracy, 'eval': values,
            'weights_remaining': sparsity_report(mask)['weights_remaining']}
     if dist.get_global_rank() == 0:

@@ -31,7 +31,7 @@ from composer.utils import dist, reproducibility
 from omegaconf import DictConfig, OmegaConf
 
 from composer_imp.config import ConfigError
-from composer_imp.data import make_loaders
+from composer_imp.data import _per_rank, make_loaders
 from composer_imp.masks import full_mask
 from composer_imp.models import build_model
 from composer_imp.orchestrator import IMPConfig, LevelOrchestrator
@@ -90,9 +90,8 @@ class Recipe:
         if 'batch_size' not in loader_kwargs:
             raise ConfigError('data.batch_size is required (the global training batch size).')
         if data_name == 'streaming':  # StreamingDataset wants the per-device batch sizes at construction
-            world = dist.get_world_size()
-            data_kwargs['device_batch_size'] = loader_kwargs['batch_size'] // world
-            data_kwargs['device_eval_batch_size'] = loader_kwargs.get('eval_batch_size', loader_kwargs['batch_size']) // world
+            data_kwargs['device_batch_size'], data_kwargs['device_eval_batch_size'] = _per_rank(
+                loader_kwargs['batch_size'], loader_kwargs.get('eval_batch_size'))
         try:
             self.train_dataset, self.eval_dataset, self.train_dataloader, self.eval_dataloader = make_loaders(
                 data_name, data_kwargs, loader_kwargs, seed=cfg.seed)

@@ -99,21 +99,18 @@ def _check_fmnist(root: str) -> None:
 
 
 def _fashion_mnist(data_root: Optional[str] = None, train_subset: Optional[int] = None, pad_to: Optional[int] = None) -> tuple[Dataset, Dataset]:
-    root = data_root or FASHION_MNIST_ROOT
-    _check_fmnist(root)
+    arrays = raw_arrays('fashion_mnist', data_root)
 
     def load(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        img_file, lbl_file = _FMNIST_FILES[split]
-        x = torch.from_numpy(read_idx(os.path.join(root, img_file)).astype(np.float32) / 255.0).unsqueeze(1)
-        y = torch.from_numpy(read_idx(os.path.join(root, lbl_file)).astype(np.int64))
-        x = (x - 0.2860) / 0.3530
+        images, labels = arrays[split]
+        x = (torch.from_numpy(images.astype(np.float32) / 255.0) - 0.2860) / 0.3530
         if pad_to:
             p = (pad_to - x.shape[-1]) // 2
             x = torch.nn.functional.pad(x, (p, pad_to - x.shape[-1] - p) * 2, value=float(x.min()))
-        return x, y
+        return x, torch.from_numpy(labels)
 
     xtr, ytr = _subset(*load('train'), train_subset, 'train_subset')
-    return TensorDataset(xtr, ytr), TensorDataset(*load('test'))
+    return TensorDataset(xtr, ytr), TensorDataset(*load('val'))
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -252,23 +249,30 @@ def build_datasets(name: str, **kwargs: Any) -> tuple[Dataset, Dataset]:
     return DATASETS[name](**kwargs)
 
 
+def _per_rank(batch_size: int, eval_batch_size: Optional[int]) -> tuple[int, int]:
+    """Per-rank (train, eval) batch sizes from the global ones; each must divide by the world size."""
+    world = dist.get_world_size()
+    eval_batch_size = eval_batch_size or batch_size
+    for key, value in (('batch_size', batch_size), ('eval_batch_size', eval_batch_size)):
+        if value <= 0 or value % world:
+            raise ValueError(f'data.{key}={value} must be a positive multiple of the world size {world} '
+                             '(it is the global batch, split evenly across ranks).')
+    return batch_size // world, eval_batch_size // world
+
+
 def make_loaders(name: str, data_kwargs: dict, loader_kwargs: dict, seed: int = 0) -> tuple[Any, Any, Any, Any]:
     """``(train_dataset, eval_dataset, train_loader, eval_loader)`` for a ``data:`` section; datasets are
     ``None`` for FFCV, whose loaders read ``.beton`` files directly."""
     if name == 'ffcv':
         from composer_imp.data.ffcv import ffcv_loaders
 
-        world = dist.get_world_size()
-        batch, eval_batch = loader_kwargs['batch_size'], loader_kwargs.get('eval_batch_size', loader_kwargs['batch_size'])
-        for key, value in (('batch_size', batch), ('eval_batch_size', eval_batch)):
-            if value <= 0 or value % world:
-                raise ValueError(f'data.{key}={value} must be a positive multiple of the world size {world}.')
+        batch, eval_batch = _per_rank(loader_kwargs['batch_size'], loader_kwargs.get('eval_batch_size'))
         root = data_kwargs.pop('data_root', None) or data_kwargs.pop('local', None)
         if root is None:
             raise ValueError('data.name=ffcv needs data.data_root: the folder holding train.beton and val.beton.')
-        train, val = ffcv_loaders(root, batch_size=batch // world, eval_batch_size=eval_batch // world,
+        train, val = ffcv_loaders(root, batch_size=batch, eval_batch_size=eval_batch,
                                   num_workers=max(1, loader_kwargs.get('num_workers', 1)), seed=seed,
-                                  distributed=world > 1, drop_last=loader_kwargs.get('drop_last', True), **data_kwargs)
+                                  distributed=dist.get_world_size() > 1, drop_last=loader_kwargs.get('drop_last', True), **data_kwargs)
         return None, None, train, val
     train, test = build_datasets(name, **data_kwargs)
     return (train, test, *build_dataloaders(train, test, **loader_kwargs))
@@ -283,19 +287,14 @@ def build_dataloaders(
     drop_last: bool = True,
 ) -> tuple[DataLoader, DataLoader]:
     """Dataloaders with Composer's distributed samplers; ``batch_size`` is the global batch size."""
-    world = dist.get_world_size()
-    eval_batch_size = eval_batch_size or batch_size
-    for key, value in (('batch_size', batch_size), ('eval_batch_size', eval_batch_size)):
-        if value <= 0 or value % world:
-            raise ValueError(f'data.{key}={value} must be a positive multiple of the world size {world} '
-                             '(it is the global batch, split evenly across ranks).')
+    batch, eval_batch = _per_rank(batch_size, eval_batch_size)
     # A StreamingDataset (iterable) partitions samples over ranks itself; map-style datasets use Composer's sampler.
     # Its eval padding (DistributedSampler repeats examples to even out shards) is removed from the metrics by
     # Composer's eval loop, so every eval example counts exactly once.
     train_sampler = None if isinstance(train, IterableDataset) else dist.get_sampler(train, shuffle=True, drop_last=drop_last)
     eval_sampler = None if isinstance(test, IterableDataset) else dist.get_sampler(test, shuffle=False)
-    train_loader = DataLoader(train, batch_size=batch_size // world, sampler=train_sampler,
+    train_loader = DataLoader(train, batch_size=batch, sampler=train_sampler,
                               num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0)
-    eval_loader = DataLoader(test, batch_size=eval_batch_size // world, sampler=eval_sampler,
+    eval_loader = DataLoader(test, batch_size=eval_batch, sampler=eval_sampler,
                              num_workers=num_workers, persistent_workers=num_workers > 0)
     return train_loader, eval_loader
