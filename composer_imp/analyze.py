@@ -70,10 +70,8 @@ def analyze_run(
     from composer_imp.orchestrator import apply_model_surgery
     apply_model_surgery(model, recipe.trainer_kwargs_fn(model, 0)['algorithms'])  # same parameter names as the run
     batches = list(recipe.eval_dataloader)
-    if recalibrate_bn and recipe.train_dataset is None:
-        raise ValueError('--recalibrate-bn needs a map-style training dataset; this run reads FFCV files. '
-                         'Analyse with the same data through another loader (e.g. data.name=cifar10) or without it.')
-    recal = fixed_subsample(recipe.train_dataset, min(1024, len(recipe.train_dataset)), 256) if recalibrate_bn else None
+    # BatchNorm statistics are recomputed on a fixed, un-augmented subsample of the training set.
+    recal = fixed_subsample(recipe.sweep_data, min(1024, len(recipe.sweep_data)), 256) if recalibrate_bn else None
     weights = {}
     for level in levels:
         w = folder.load_weights(level)

@@ -17,13 +17,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from composer.models import ComposerModel
 from torch import nn
 from torch.func import functional_call
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import default_collate
 
 __all__ = ['interpolate', 'evaluate', 'evaluate_losses', 'recalibrate_batchnorm', 'fixed_subsample']
 
@@ -42,12 +42,17 @@ def interpolate(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], be
     return out
 
 
-def fixed_subsample(dataset: Dataset, size: int, batch_size: int, seed: int = 0) -> list:
-    """A fixed random subset of ``dataset`` (same indices for a given seed), collated into batches."""
-    n = len(dataset)  # type: ignore[arg-type]
+def fixed_subsample(dataset: Any, size: int, batch_size: int, seed: int = 0) -> list:
+    """A fixed random subset of ``dataset`` (same indices for a given seed), collated into batches.
+
+    ``dataset`` is map-style, or has ``batches(indices, batch_size)`` (FFCV's ``BetonExamples``).
+    """
+    n = len(dataset)
     if not 0 < size <= n:
         raise ValueError(f'imp.adaptive.subsample={size} must be between 1 and the training set size {n}.')
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].tolist()
+    if hasattr(dataset, 'batches'):
+        return dataset.batches(idx, batch_size)
     return [default_collate([dataset[i] for i in idx[s:s + batch_size]]) for s in range(0, size, batch_size)]
 
 

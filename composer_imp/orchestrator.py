@@ -199,6 +199,10 @@ class LevelOrchestrator:
         overwrite: remove a previous run's artifacts in ``save_folder`` and start over.
         device: the device the Trainers use (``'cpu'``, ``'gpu'``, ``None`` = GPU when available); under
             Composer's launcher it picks the distributed backend (gloo or NCCL).
+        sweep_data: training examples *without augmentation* for AdaptiveIMP's fixed sweep subsample: a
+            map-style dataset, or an object with ``__len__`` and ``batches(indices, batch_size)`` (FFCV's
+            :class:`~composer_imp.data.ffcv.BetonExamples`). Default: the training loader's dataset, seen
+            through :func:`composer_imp.data.without_augmentation`.
     """
 
     def __init__(
@@ -210,8 +214,10 @@ class LevelOrchestrator:
         config: Optional[dict] = None,
         overwrite: bool = False,
         device: Optional[str] = None,
+        sweep_data: Any = None,
     ):
         self.device = device
+        self.sweep_data = sweep_data
         self.model_fn = model_fn
         self.trainer_kwargs_fn = trainer_kwargs_fn
         self.imp = imp or IMPConfig()
@@ -346,7 +352,7 @@ class LevelOrchestrator:
                              'over its last epoch, which level 0 did not record (fewer than 2 batches, or a run made '
                              'before adaptive existed); start a new run (another save_folder or --overwrite).')
         loader = kwargs['train_dataloader']
-        batches = fixed_subsample(loader.dataset, cfg.subsample, cfg.batch_size, seed=0)
+        batches = fixed_subsample(self._sweep_data(loader), cfg.subsample, cfg.batch_size, seed=0)
         stats = self.rows[0]
         forwards = 0
         # The LCS-set is that of the dense solution (the paper) or of the level solution being pruned.
@@ -365,6 +371,16 @@ class LevelOrchestrator:
                 'table': result.table, 'chosen': result.ratio, 'forward_samples': forwards,
                 'step_equivalents': forwards * FORWARD_FRACTION_OF_STEP / global_batch,
                 'seconds': time.perf_counter() - tic}
+
+    def _sweep_data(self, loader: Any) -> Any:
+        if self.sweep_data is not None:
+            return self.sweep_data
+        if not hasattr(loader, 'dataset'):
+            raise ValueError(f'imp.adaptive needs training examples for its sweep, and the train_dataloader '
+                             f'({type(loader).__name__}) has no map-style .dataset; pass sweep_data= to the orchestrator '
+                             '(for FFCV: composer_imp.data.ffcv.BetonExamples(root, kind)).')
+        from composer_imp.data import without_augmentation
+        return without_augmentation(loader.dataset)
 
     def _trainer_kwargs(self, kwargs: dict, model: ComposerModel, level: int, mask: Mask) -> dict:
         kwargs = dict(kwargs)
@@ -403,12 +419,12 @@ class LevelOrchestrator:
     def _check_adaptive(self, kwargs: dict) -> None:
         if not self.imp.adaptive.enabled:
             return
-        dataset = getattr(kwargs.get('train_dataloader'), 'dataset', None)
+        dataset = self._sweep_data(kwargs.get('train_dataloader'))
         try:
-            size = len(dataset)  # type: ignore[arg-type]
+            size = len(dataset)
         except TypeError:
-            raise ValueError('imp.adaptive needs a train dataloader over a map-style dataset (with a length) to draw '
-                             'its fixed training subsample from.') from None
+            raise ValueError('imp.adaptive needs training examples with a length to draw its fixed subsample from; '
+                             f'{type(dataset).__name__} has none: pass sweep_data= to the orchestrator.') from None
         if self.imp.adaptive.subsample > size:
             raise ValueError(f'imp.adaptive.subsample={self.imp.adaptive.subsample} is larger than the training set '
                              f'({size} examples); choose at most {size}.')

@@ -93,7 +93,7 @@ class Recipe:
             data_kwargs['device_batch_size'], data_kwargs['device_eval_batch_size'] = _per_rank(
                 loader_kwargs['batch_size'], loader_kwargs.get('eval_batch_size'))
         try:
-            self.train_dataset, self.eval_dataset, self.train_dataloader, self.eval_dataloader = make_loaders(
+            self.sweep_data, self.train_dataloader, self.eval_dataloader = make_loaders(
                 data_name, data_kwargs, loader_kwargs, seed=cfg.seed)
         except (ValueError, TypeError) as e:
             raise ConfigError(str(e)) from None
@@ -185,6 +185,7 @@ def run_config(cfg: DictConfig, overwrite: Optional[bool] = None) -> list[dict]:
         config={k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != 'overwrite'},
         overwrite=bool(cfg.overwrite if overwrite is None else overwrite),
         device=recipe.device,
+        sweep_data=recipe.sweep_data,
     )
     rows = orchestrator.run()
     if cfg.analysis.enabled and dist.get_global_rank() == 0:

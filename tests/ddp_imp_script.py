@@ -37,7 +37,8 @@ def main(yaml, out, *overrides):
         kwargs['callbacks'] = kwargs['callbacks'] + [DumpRankState(out, level)]
         return kwargs
 
-    LevelOrchestrator(recipe.model_fn, trainer_kwargs_fn, cfg.save_folder, recipe.imp, device=recipe.device).run()
+    LevelOrchestrator(recipe.model_fn, trainer_kwargs_fn, cfg.save_folder, recipe.imp, device=recipe.device,
+                      sweep_data=recipe.sweep_data).run()
 
 
 if __name__ == '__main__':

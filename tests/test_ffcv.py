@@ -36,6 +36,23 @@ def test_cifar_to_beton_then_train_imp(tmp_path, capsys):
     rows = json.loads((tmp_path / 'run' / 'summary.json').read_text())['levels']
     assert [r['level'] for r in rows] == [0, 1] and rows[1]['start_step'] == 2
 
+    # AdaptiveIMP from .beton: its fixed subsample is read by index with the evaluation pipeline
+    from composer_imp.data import CifarDataset, raw_arrays
+    from composer_imp.data.ffcv import BetonExamples
+    examples = BetonExamples(str(tmp_path / 'ffcv'), 'cifar10')
+    (bx, by), = examples.batches([57, 3, 88], 3)
+    images, labels = raw_arrays('cifar10', str(tmp_path / 'data'))['train']
+    expected = (torch.from_numpy(images[[57, 3, 88]]).float() / 255 - CifarDataset.MEAN) / CifarDataset.STD
+    assert len(examples) == 100 and by.tolist() == labels[[57, 3, 88]].tolist()
+    assert torch.allclose(bx, expected, atol=1e-5)
+    code = run.main(['-f', os.path.join(ROOT, 'yamls', 'cifar10_resnet20_imp.yaml'), f'save_folder={tmp_path / "adaptive"}',
+                     'data.name=ffcv', f'data.data_root={tmp_path / "ffcv"}', 'data.kind=cifar10',
+                     'data.batch_size=10', 'data.eval_batch_size=10', *TINY, 'imp.rewind=1ep', 'max_duration=2ep',
+                     'eval_interval=1ep', 'imp.adaptive.enabled=true', 'imp.adaptive.subsample=40', 'imp.adaptive.batch_size=20'])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    sweep = json.loads((tmp_path / 'adaptive' / 'summary.json').read_text())['levels'][1]['sweep']
+    assert sweep['table'] and sweep['forward_samples'] > 0 and sweep['epsilon'] > 0
+
 
 def test_imagefolder_to_beton_and_refusals(tmp_path, capsys):
     from composer_imp.data.convert import main as convert

@@ -104,3 +104,22 @@ def test_mcloud_yaml_parses_with_mcli_and_holds_a_valid_recipe():
     assert any('.[streaming]' in (i.get('pip_install') or '') for i in run.integrations)
     cfg = config_from_dict(dict(run.parameters))
     assert cfg.optimizer.name == 'DecoupledSGDW' and cfg.max_duration == '15970ba' and cfg.imp.rewind == '5000ba'
+
+
+def test_sweep_data_is_the_training_set_without_augmentation(tmp_path):
+    """AdaptiveIMP's fixed subsample must not change between levels: no random crop or flip in it."""
+    from composer_imp.data import CifarDataset, make_loaders, raw_arrays
+    _write_cifar(tmp_path / 'data', 10)
+    sweep, train_loader, _ = make_loaders('cifar10', {'data_root': str(tmp_path / 'data')}, {'batch_size': 10})
+    raw_images = torch.from_numpy(raw_arrays('cifar10', str(tmp_path / 'data'))['train'][0])
+    expected = (raw_images.float() / 255 - CifarDataset.MEAN) / CifarDataset.STD
+    assert len(sweep) == len(train_loader.dataset) == 100
+    assert all(torch.equal(sweep[i][0], expected[i]) for i in range(100))
+    torch.manual_seed(0)
+    assert sum(not torch.equal(train_loader.dataset[i][0], expected[i]) for i in range(100)) > 90, 'training still augments'
+
+    _write_imagefolder(tmp_path / 'img', per_class=2, size=(40, 50))
+    sweep, train_loader, val_loader = make_loaders('imagefolder', {'data_root': str(tmp_path / 'img'), 'train_crop': 24,
+                                                                   'eval_resize': 36, 'eval_crop': 32}, {'batch_size': 2})
+    assert torch.equal(sweep[1][0], sweep[1][0]) and tuple(sweep[1][0].shape) == (3, 32, 32)  # center crop, every time
+    assert tuple(train_loader.dataset[1][0].shape) == (3, 24, 24)

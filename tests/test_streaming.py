@@ -25,7 +25,12 @@ def test_convert_then_train_imp_from_mds_shards(tmp_path, capsys):
     x, y = val[3]
     mx, my = mem_val[3]
     assert int(y) == int(my) == int(raw['val'][1][3]) and torch.allclose(x, mx)
-    del train, val  # Streaming allows one instance per local folder at a time
+    # the sweep's view of the training shards: every sample, decoded without crop or flip
+    from composer_imp.data import CifarDataset, without_augmentation
+    view = without_augmentation(train)
+    expected = (torch.from_numpy(raw['train'][0][:100]).float() / 255 - CifarDataset.MEAN) / CifarDataset.STD
+    assert len(view) == 100 and all(torch.allclose(view[i][0], expected[i], atol=1e-6) for i in range(0, 100, 7))
+    del train, val, view  # Streaming allows one instance per local folder at a time
 
     code = run.main(['-f', os.path.join(ROOT, 'yamls', 'cifar10_resnet20_imp.yaml'), f'save_folder={tmp_path / "run"}',
                      'data.name=streaming', f'data.data_root={tmp_path / "mds"}', 'data.kind=cifar10',
@@ -58,7 +63,7 @@ def test_levels_continue_the_streamed_data_order_from_tau(tmp_path):
     from test_rewind import Probe
     _write_cifar(tmp_path / 'data', 10)
     assert convert(['--dataset', 'cifar10', '--data-root', str(tmp_path / 'data'), '--out', str(tmp_path / 'mds')]) == 0
-    _, _, train, val = make_loaders('streaming', {'data_root': str(tmp_path / 'mds'), 'kind': 'cifar10', 'device_batch_size': 10,
+    _, train, val = make_loaders('streaming', {'data_root': str(tmp_path / 'mds'), 'kind': 'cifar10', 'device_batch_size': 10,
                                                   'device_eval_batch_size': 10}, {'batch_size': 10, 'eval_batch_size': 10})
     tau = 13  # 10 batches per epoch: mid-epoch 2, restored from Streaming's own state in the rewind checkpoint
     probes = {}

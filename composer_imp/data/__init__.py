@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import gzip
 import os
 import pickle
@@ -35,7 +36,7 @@ import torch
 from composer.utils import dist
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-__all__ = ['build_datasets', 'build_dataloaders', 'make_loaders', 'read_idx', 'raw_arrays', 'DATASETS', 'FASHION_MNIST_ROOT']
+__all__ = ['build_datasets', 'build_dataloaders', 'make_loaders', 'read_idx', 'raw_arrays', 'without_augmentation', 'DATASETS', 'FASHION_MNIST_ROOT']
 
 FASHION_MNIST_ROOT = '/usr/share/datasets/fashion-mnist'
 _FMNIST_FILES = {
@@ -151,13 +152,19 @@ class CifarDataset(Dataset):
 
     def __getitem__(self, i: int):
         x = self.images[i].float() / 255.0
-        if self.train:
+        if self.train:  # random crop 32 from the 4-padded image, then a coin-flip mirror
             x = torch.nn.functional.pad(x, (4, 4, 4, 4))
             top, left = torch.randint(0, 9, (2,)).tolist()
             x = x[:, top:top + 32, left:left + 32]
             if torch.rand(()) < 0.5:
                 x = x.flip(-1)
         return (x - self.MEAN) / self.STD, self.labels[i]
+
+    def without_augmentation(self) -> 'CifarDataset':
+        """The same images (shared memory) served like evaluation images: no crop, no flip."""
+        view = CifarDataset.__new__(CifarDataset)
+        view.images, view.labels, view.train = self.images, self.labels, False
+        return view
 
 
 def _cifar(classes: int, data_root: Optional[str] = None, train_subset: Optional[int] = None) -> tuple[Dataset, Dataset]:
@@ -178,11 +185,31 @@ def _imagefolder(data_root: Optional[str] = None, train_crop: int = 176, eval_re
     normalize = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     train = datasets.ImageFolder(os.path.join(root, 'train'), transforms.Compose([
         transforms.RandomResizedCrop(train_crop), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]))
-    val = datasets.ImageFolder(os.path.join(root, 'val'), transforms.Compose([
-        transforms.Resize(eval_resize), transforms.CenterCrop(eval_crop), transforms.ToTensor(), normalize]))
+    eval_transform = transforms.Compose([
+        transforms.Resize(eval_resize), transforms.CenterCrop(eval_crop), transforms.ToTensor(), normalize])
+    val = datasets.ImageFolder(os.path.join(root, 'val'), eval_transform)
+    train.eval_transform = eval_transform  # for without_augmentation(): training images, evaluation transform
     if train.classes != val.classes:
         raise ValueError(f'{root}: train/ and val/ have different class folders.')
     return train, val
+
+
+def without_augmentation(dataset: Any) -> Any:
+    """The training examples of ``dataset`` as evaluation would see them: no random crop, flip or resize.
+
+    AdaptiveIMP's sweep and BatchNorm recalibration read a *fixed* subsample; random augmentation would make
+    it change from level to level. Datasets of this package know their un-augmented view (CIFAR, ImageFolder,
+    Streaming); tensors are returned as they are; any other dataset is used as is (pass ``sweep_data`` to the
+    orchestrator if yours augments).
+    """
+    if hasattr(dataset, 'without_augmentation'):
+        return dataset.without_augmentation()
+    eval_transform = getattr(dataset, 'eval_transform', None)
+    if eval_transform is not None:
+        view = copy.copy(dataset)  # shares the list of files
+        view.transform = eval_transform
+        return view
+    return dataset
 
 
 def raw_arrays(name: str, data_root: Optional[str] = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -260,11 +287,14 @@ def _per_rank(batch_size: int, eval_batch_size: Optional[int]) -> tuple[int, int
     return batch_size // world, eval_batch_size // world
 
 
-def make_loaders(name: str, data_kwargs: dict, loader_kwargs: dict, seed: int = 0) -> tuple[Any, Any, Any, Any]:
-    """``(train_dataset, eval_dataset, train_loader, eval_loader)`` for a ``data:`` section; datasets are
-    ``None`` for FFCV, whose loaders read ``.beton`` files directly."""
+def make_loaders(name: str, data_kwargs: dict, loader_kwargs: dict, seed: int = 0) -> tuple[Any, Any, Any]:
+    """``(sweep_data, train_loader, eval_loader)`` for a ``data:`` section.
+
+    ``sweep_data`` holds the training examples without augmentation, for AdaptiveIMP's sweep and BatchNorm
+    recalibration: a map-style dataset, or :class:`~composer_imp.data.ffcv.BetonExamples` for FFCV.
+    """
     if name == 'ffcv':
-        from composer_imp.data.ffcv import ffcv_loaders
+        from composer_imp.data.ffcv import BetonExamples, ffcv_loaders
 
         batch, eval_batch = _per_rank(loader_kwargs['batch_size'], loader_kwargs.get('eval_batch_size'))
         root = data_kwargs.pop('data_root', None) or data_kwargs.pop('local', None)
@@ -273,9 +303,10 @@ def make_loaders(name: str, data_kwargs: dict, loader_kwargs: dict, seed: int = 
         train, val = ffcv_loaders(root, batch_size=batch, eval_batch_size=eval_batch,
                                   num_workers=max(1, loader_kwargs.get('num_workers', 1)), seed=seed,
                                   distributed=dist.get_world_size() > 1, drop_last=loader_kwargs.get('drop_last', True), **data_kwargs)
-        return None, None, train, val
+        crops = {k: v for k, v in data_kwargs.items() if k in ('kind', 'train_crop', 'eval_resize', 'eval_crop')}
+        return BetonExamples(root, **crops), train, val
     train, test = build_datasets(name, **data_kwargs)
-    return (train, test, *build_dataloaders(train, test, **loader_kwargs))
+    return (without_augmentation(train), *build_dataloaders(train, test, **loader_kwargs))
 
 
 def build_dataloaders(

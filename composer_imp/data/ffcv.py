@@ -14,7 +14,8 @@ Pipelines (CPU tensors; Composer moves batches to the device):
   ``ToTensor``, ``Squeeze``.
 
 The first epoch of a process pays FFCV's numba compilation (a few seconds). FFCV loaders have no map-style
-dataset, so AdaptiveIMP's sweep and the analysis's BatchNorm recalibration need another loader.
+dataset: AdaptiveIMP's sweep and the analysis's BatchNorm recalibration read their fixed subsample of
+``train.beton`` through :class:`BetonExamples` (evaluation pipeline, chosen indices).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ['write_beton', 'ffcv_loaders', 'KINDS']
+__all__ = ['write_beton', 'ffcv_loaders', 'BetonExamples', 'KINDS']
 
 KINDS = {
     'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -62,34 +63,72 @@ def write_beton(images: Any, labels: Any, path: str, jpeg: bool = False, max_res
     return len(labels)
 
 
-def ffcv_loaders(root: str, kind: str, batch_size: int, eval_batch_size: int, num_workers: int = 1, seed: int = 0,
-                 distributed: bool = False, train_crop: int = 176, eval_resize: int = 232, eval_crop: int = 224,
-                 drop_last: bool = True):
-    """(train, eval) FFCV loaders over ``root/train.beton`` and ``root/val.beton`` (per-rank batch sizes)."""
+def _pipelines(kind: str, train_crop: int, eval_resize: int, eval_crop: int) -> tuple[dict, dict]:
+    """(train, eval) FFCV pipelines for ``kind`` (see the module docstring)."""
     from ffcv.fields.decoders import (CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder,
                                       SimpleRGBImageDecoder)
-    from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, RandomTranslate, Squeeze, ToTensor, ToTorchImage
 
     if kind not in KINDS:
         raise ValueError(f'data.kind={kind!r} is not a known FFCV kind; known: {", ".join(KINDS)}.')
-    missing = [os.path.join(root, f) for f in ('train.beton', 'val.beton') if not os.path.isfile(os.path.join(root, f))]
-    if missing:
-        raise FileNotFoundError(f'FFCV files not found: {", ".join(missing)}. Write them with `python -m '
-                                f'composer_imp.data.convert --format ffcv --dataset ... --out {root}`.')
     mean, std = (np.array(v) * 255 for v in KINDS[kind])
-    tail = [NormalizeImage(mean, std, np.float32), ToTensor(), ToTorchImage()]
-    labels = [IntDecoder(), ToTensor(), Squeeze()]
+    tail = lambda: [NormalizeImage(mean, std, np.float32), ToTensor(), ToTorchImage()]
+    labels = lambda: [IntDecoder(), ToTensor(), Squeeze()]
     if kind == 'imagenet':
         train_images = [RandomResizedCropRGBImageDecoder((train_crop, train_crop)), RandomHorizontalFlip()]
         eval_images = [CenterCropRGBImageDecoder((eval_crop, eval_crop), ratio=eval_crop / eval_resize)]
     else:
         train_images = [SimpleRGBImageDecoder(), RandomTranslate(padding=4), RandomHorizontalFlip()]
         eval_images = [SimpleRGBImageDecoder()]
+    return ({'image': train_images + tail(), 'label': labels()}, {'image': eval_images + tail(), 'label': labels()})
+
+
+def _check_files(root: str) -> None:
+    missing = [os.path.join(root, f) for f in ('train.beton', 'val.beton') if not os.path.isfile(os.path.join(root, f))]
+    if missing:
+        raise FileNotFoundError(f'FFCV files not found: {", ".join(missing)}. Write them with `python -m '
+                                f'composer_imp.data.convert --format ffcv --dataset ... --out {root}`.')
+
+
+class BetonExamples:
+    """Training examples of ``root/train.beton`` decoded with the *evaluation* pipeline, by index.
+
+    FFCV has no map-style dataset; this gives AdaptiveIMP's sweep and BatchNorm recalibration their fixed,
+    un-augmented subsample (:func:`composer_imp.evaluate.fixed_subsample` calls :meth:`batches`).
+    """
+
+    def __init__(self, root: str, kind: str, train_crop: int = 176, eval_resize: int = 232, eval_crop: int = 224,
+                 num_workers: int = 1):
+        from ffcv.reader import Reader
+
+        _check_files(root)
+        self.path = os.path.join(root, 'train.beton')
+        self.pipelines = lambda: _pipelines(kind, train_crop, eval_resize, eval_crop)[1]  # fresh operations per loader
+        self.num_workers = num_workers
+        self.num_samples = Reader(self.path).num_samples
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def batches(self, indices: list[int], batch_size: int) -> list:
+        """The examples at ``indices``, in that order, as CPU ``(images, labels)`` batches."""
+        from ffcv.loader import Loader, OrderOption
+
+        loader = Loader(self.path, batch_size=batch_size, num_workers=self.num_workers, order=OrderOption.SEQUENTIAL,
+                        indices=indices, drop_last=False, distributed=False, pipelines=self.pipelines())
+        return [(x.clone(), y.clone()) for x, y in loader]  # FFCV reuses its output buffers between epochs
+
+
+def ffcv_loaders(root: str, kind: str, batch_size: int, eval_batch_size: int, num_workers: int = 1, seed: int = 0,
+                 distributed: bool = False, train_crop: int = 176, eval_resize: int = 232, eval_crop: int = 224,
+                 drop_last: bool = True):
+    """(train, eval) FFCV loaders over ``root/train.beton`` and ``root/val.beton`` (per-rank batch sizes)."""
+    from ffcv.loader import Loader, OrderOption
+
+    train_pipes, eval_pipes = _pipelines(kind, train_crop, eval_resize, eval_crop)
+    _check_files(root)
     train = Loader(os.path.join(root, 'train.beton'), batch_size=batch_size, num_workers=num_workers,
-                   order=OrderOption.RANDOM, drop_last=drop_last, seed=seed, distributed=distributed,
-                   pipelines={'image': train_images + tail, 'label': labels})
+                   order=OrderOption.RANDOM, drop_last=drop_last, seed=seed, distributed=distributed, pipelines=train_pipes)
     val = Loader(os.path.join(root, 'val.beton'), batch_size=eval_batch_size, num_workers=num_workers,
-                 order=OrderOption.SEQUENTIAL, drop_last=False, distributed=distributed,
-                 pipelines={'image': eval_images + list(tail), 'label': list(labels)})
+                 order=OrderOption.SEQUENTIAL, drop_last=False, distributed=distributed, pipelines=eval_pipes)
     return train, val

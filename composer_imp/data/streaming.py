@@ -59,9 +59,12 @@ def _dataset_class():
             self.augment = augment and train
 
         def __getitem__(self, idx: int):
+            return self.decode(idx, self.augment)
+
+        def decode(self, idx: int, augment: bool):
             sample = super().__getitem__(idx)
             x = torch.from_numpy(np.array(sample['image'])).float() / 255.0
-            if self.augment:
+            if augment:
                 h, w = x.shape[-2:]
                 x = torch.nn.functional.pad(x, (4, 4, 4, 4))
                 top, left = torch.randint(0, 9, (2,)).tolist()
@@ -70,7 +73,24 @@ def _dataset_class():
                     x = x.flip(-1)
             return (x - self.mean) / self.std, torch.tensor(sample['label'], dtype=torch.long)
 
+        def without_augmentation(self) -> '_Unaugmented':
+            # A view, not a second StreamingDataset: Streaming refuses two instances on one local folder.
+            return _Unaugmented(self)
+
     return StreamingImages
+
+
+class _Unaugmented(torch.utils.data.Dataset):
+    """Random access to a streaming training set's samples, decoded without augmentation."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self) -> int:
+        return self.base.num_samples  # all ranks' samples (len() of a StreamingDataset is this rank's share)
+
+    def __getitem__(self, idx: int):
+        return self.base.decode(idx, augment=False)
 
 
 def streaming_datasets(local: str, remote: Optional[str] = None, kind: str = 'cifar10', shuffle_seed: int = 9176,
