@@ -1,5 +1,6 @@
 """Run under `composer -n 2`: a short IMP run where every rank dumps what it trained, for tests/test_ddp.py."""
 
+import hashlib
 import sys
 
 import torch
@@ -14,17 +15,32 @@ from composer_imp.recipes import build_recipe
 
 
 class DumpRankState(Callback):
+    """Per rank: final weights and mask, the labels of each training epoch, and what evaluation saw."""
+
     def __init__(self, out, level):
         self.out, self.level = out, level
         self.eval_seen = 0
+        self.eval_images = []   # a fingerprint per evaluated example (exact pixel bytes)
+        self.train_labels = {}  # epoch -> labels of the training batches this rank read
+        self.eval_counted = []  # per evaluation: examples this rank's accuracy metric counted
+
+    def batch_end(self, state, logger):
+        self.train_labels.setdefault(int(state.timestamp.epoch), []).extend(state.batch[1].tolist())
 
     def eval_batch_end(self, state, logger):
         self.eval_seen += len(state.batch[1])
+        self.eval_images += [hashlib.sha1(x.cpu().numpy().tobytes()).hexdigest() for x in state.batch[0]]
+
+    def eval_end(self, state, logger):
+        # torchmetrics keeps the rank-local counts after compute(): tp + fn is one per example it was updated with
+        accuracy = next(m for m in state.eval_metrics['eval'].values() if hasattr(m, 'tp'))
+        self.eval_counted.append(int((accuracy.tp + accuracy.fn).sum()))
 
     def fit_end(self, state, logger):
         masks = [a.mask for a in state.algorithms if isinstance(a, KeepMask)]
         torch.save({'weights': unwrap_model(state.model).state_dict(), 'mask': masks[0] if masks else None,
-                    'eval_seen': self.eval_seen},
+                    'eval_seen': self.eval_seen, 'eval_images': self.eval_images, 'train_labels': self.train_labels,
+                    'eval_counted': self.eval_counted},
                    f'{self.out}/rank{dist.get_global_rank()}_level{self.level}.pt')
 
 

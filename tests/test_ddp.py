@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from conftest import ROOT
@@ -106,3 +107,48 @@ def test_killed_two_rank_run_resumes_with_ranks_in_agreement(tmp_path):
         a = torch.load(run / f'level_{level:02d}' / 'mask.pt', weights_only=True)
         b = torch.load(tmp_path / 'ref' / f'level_{level:02d}' / 'mask.pt', weights_only=True)
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _convert(tmp_path, fmt):
+    from composer_imp.data.convert import main as convert
+    from test_recipes import _write_cifar
+    if not (tmp_path / 'data').exists():
+        _write_cifar(tmp_path / 'data', 10, test_size=21)  # odd: two ranks cannot split it evenly
+    out = tmp_path / fmt
+    assert convert(['--format', fmt, '--dataset', 'cifar10', '--data-root', str(tmp_path / 'data'), '--out', str(out)]) == 0
+    return out
+
+
+def _data_run(tmp_path, name, root, run, out, port, *extra):
+    return _launch(tmp_path, [os.path.join(ROOT, 'tests', 'ddp_imp_script.py'), os.path.join(ROOT, 'yamls', 'cifar10_resnet20_imp.yaml'),
+                              str(out), f'save_folder={run}', f'data.name={name}', f'data.data_root={root}', 'data.kind=cifar10',
+                              'data.batch_size=10', 'data.eval_batch_size=10', 'data.num_workers=0', 'device=cpu',
+                              'imp.levels=1', 'imp.rewind=1ep', 'max_duration=2ep', 'eval_interval=2ep', 'progress_bar=false',
+                              'imp.checkpoint_interval=null', 'analysis.enabled=false', *extra], port, name)
+
+
+@pytest.mark.parametrize('name', ['streaming', 'ffcv'])
+def test_streaming_and_ffcv_loaders_give_each_rank_its_own_samples_and_evaluate_once(tmp_path, name):
+    if name == 'ffcv' and os.environ.get('CI') != 'true':
+        pytest.importorskip('ffcv', reason='ffcv is not installed')
+    from composer_imp.data import raw_arrays
+    root = _convert(tmp_path, 'mds' if name == 'streaming' else 'ffcv')
+    out, run = tmp_path / 'dump', tmp_path / 'run'
+    out.mkdir()
+    proc = _run(_data_run(tmp_path, name, root, run, out, 29618 if name == 'streaming' else 29619))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + _logs(tmp_path)[-4000:]
+    _assert_ranks_agree(out, run, 2)
+    train_labels = sorted(raw_arrays('cifar10', str(tmp_path / 'data'))['train'][1].tolist())
+    val_images = raw_arrays('cifar10', str(tmp_path / 'data'))['val'][0]
+    for level in range(2):
+        dumps = [torch.load(out / f'rank{r}_level{level}.pt', weights_only=True) for r in (0, 1)]
+        epochs = set(dumps[0]['train_labels']) | set(dumps[1]['train_labels'])
+        for epoch in epochs:  # per epoch, the two ranks' batches together are the training set, each sample once
+            per_rank = [d['train_labels'].get(epoch, []) for d in dumps]
+            assert len(per_rank[0]) == len(per_rank[1]) > 0
+            if len(per_rank[0]) == 50:  # a whole epoch (level 1 starts at the rewind point, epoch 1)
+                assert sorted(per_rank[0] + per_rank[1]) == train_labels, f'level {level} epoch {epoch}: ranks overlap'
+        # evaluation covers every example, and the accuracy metric counts each exactly once across ranks
+        assert len(set(dumps[0]['eval_images']) | set(dumps[1]['eval_images'])) == len(val_images) == 21
+        counted = [d['eval_counted'] for d in dumps]
+        assert len(counted[0]) == 1 and counted[0][0] + counted[1][0] == 21, counted

@@ -16,7 +16,7 @@ TINY = ['imp.levels=1', 'imp.rewind=2ba', 'max_duration=4ba', 'eval_interval=4ba
         'progress_bar=false', 'device=cpu', 'imp.checkpoint_interval=null', 'analysis.enabled=false']
 
 
-def _write_cifar(root, classes):
+def _write_cifar(root, classes, test_size=20):
     rng = np.random.default_rng(0)
     if classes == 10:
         folder, files, key = root / 'cifar-10-batches-py', [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch'], b'labels'
@@ -24,8 +24,9 @@ def _write_cifar(root, classes):
         folder, files, key = root / 'cifar-100-python', ['train', 'test'], b'fine_labels'
     folder.mkdir(parents=True)
     for name in files:  # the official format: a pickled dict of a uint8 N x 3072 array and a label list
-        batch = {b'batch_label': b'x', b'data': rng.integers(0, 256, (20, 3072), dtype=np.uint8),
-                 key: rng.integers(0, classes, 20).tolist()}
+        n = test_size if name.startswith('test') else 20
+        batch = {b'batch_label': b'x', b'data': rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 key: rng.integers(0, classes, n).tolist()}
         with open(folder / name, 'wb') as f:
             pickle.dump(batch, f)
 

@@ -319,9 +319,9 @@ def build_dataloaders(
 ) -> tuple[DataLoader, DataLoader]:
     """Dataloaders with Composer's distributed samplers; ``batch_size`` is the global batch size."""
     batch, eval_batch = _per_rank(batch_size, eval_batch_size)
-    # A StreamingDataset (iterable) partitions samples over ranks itself; map-style datasets use Composer's sampler.
-    # Its eval padding (DistributedSampler repeats examples to even out shards) is removed from the metrics by
-    # Composer's eval loop, so every eval example counts exactly once.
+    # A StreamingDataset (iterable) partitions training samples over ranks itself; everything else, eval sets
+    # included (Streaming's val shards are read by index), uses Composer's sampler, whose eval padding Composer's
+    # eval loop removes from the metrics, so every eval example counts exactly once.
     train_sampler = None if isinstance(train, IterableDataset) else dist.get_sampler(train, shuffle=True, drop_last=drop_last)
     eval_sampler = None if isinstance(test, IterableDataset) else dist.get_sampler(test, shuffle=False)
     train_loader = DataLoader(train, batch_size=batch, sampler=train_sampler,

@@ -11,7 +11,7 @@ Pipelines (CPU tensors; Composer moves batches to the device):
 * images, evaluation: ``cifar*``: decode; ``imagenet``: ``CenterCropRGBImageDecoder((eval_crop, eval_crop),
   ratio=eval_crop / eval_resize)``;
 * then ``NormalizeImage(mean, std, float32)``, ``ToTensor``, ``ToTorchImage``; labels: ``IntDecoder``,
-  ``ToTensor``, ``Squeeze``.
+  ``ToTensor``, ``Squeeze(1)``.
 
 The first epoch of a process pays FFCV's numba compilation (a few seconds). FFCV loaders have no map-style
 dataset: AdaptiveIMP's sweep and the analysis's BatchNorm recalibration read their fixed subsample of
@@ -20,12 +20,13 @@ dataset: AdaptiveIMP's sweep and the analysis's BatchNorm recalibration read the
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ['write_beton', 'ffcv_loaders', 'BetonExamples', 'KINDS']
+__all__ = ['write_beton', 'ffcv_loaders', 'BetonExamples', 'EvenBatches', 'KINDS']
 
 KINDS = {
     'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -73,7 +74,7 @@ def _pipelines(kind: str, train_crop: int, eval_resize: int, eval_crop: int) -> 
         raise ValueError(f'data.kind={kind!r} is not a known FFCV kind; known: {", ".join(KINDS)}.')
     mean, std = (np.array(v) * 255 for v in KINDS[kind])
     tail = lambda: [NormalizeImage(mean, std, np.float32), ToTensor(), ToTorchImage()]
-    labels = lambda: [IntDecoder(), ToTensor(), Squeeze()]
+    labels = lambda: [IntDecoder(), ToTensor(), Squeeze(1)]  # (B, 1) -> (B,), also when B = 1
     if kind == 'imagenet':
         train_images = [RandomResizedCropRGBImageDecoder((train_crop, train_crop)), RandomHorizontalFlip()]
         eval_images = [CenterCropRGBImageDecoder((eval_crop, eval_crop), ratio=eval_crop / eval_resize)]
@@ -115,7 +116,8 @@ class BetonExamples:
         from ffcv.loader import Loader, OrderOption
 
         loader = Loader(self.path, batch_size=batch_size, num_workers=self.num_workers, order=OrderOption.SEQUENTIAL,
-                        indices=indices, drop_last=False, distributed=False, pipelines=self.pipelines())
+                        indices=np.asarray(indices, dtype='uint64'), drop_last=False, distributed=False,
+                        pipelines=self.pipelines())
         return [(x.clone(), y.clone()) for x, y in loader]  # FFCV reuses its output buffers between epochs
 
 
@@ -124,11 +126,49 @@ def ffcv_loaders(root: str, kind: str, batch_size: int, eval_batch_size: int, nu
                  drop_last: bool = True):
     """(train, eval) FFCV loaders over ``root/train.beton`` and ``root/val.beton`` (per-rank batch sizes)."""
     from ffcv.loader import Loader, OrderOption
+    from ffcv.reader import Reader
 
     train_pipes, eval_pipes = _pipelines(kind, train_crop, eval_resize, eval_crop)
     _check_files(root)
+    eval_indices, eval_batches = None, None
+    if distributed:
+        # FFCV's distributed order pads ranks with repeated examples, which Composer cannot trim from the metrics.
+        # Each rank reads its strided share unpadded instead (shares differ by at most one example) ...
+        from composer.utils import dist
+        n, world = int(Reader(os.path.join(root, 'val.beton')).num_samples), dist.get_world_size()
+        eval_indices = np.arange(dist.get_global_rank(), n, world, dtype='uint64')  # FFCV's index type
+        eval_batches = math.ceil(math.ceil(n / world) / eval_batch_size)  # ... in the batch count of the largest share
     train = Loader(os.path.join(root, 'train.beton'), batch_size=batch_size, num_workers=num_workers,
                    order=OrderOption.RANDOM, drop_last=drop_last, seed=seed, distributed=distributed, pipelines=train_pipes)
     val = Loader(os.path.join(root, 'val.beton'), batch_size=eval_batch_size, num_workers=num_workers,
-                 order=OrderOption.SEQUENTIAL, drop_last=False, distributed=distributed, pipelines=eval_pipes)
-    return train, val
+                 order=OrderOption.SEQUENTIAL, drop_last=False, indices=eval_indices, distributed=False,
+                 pipelines=eval_pipes)
+    return train, (val if eval_batches is None else EvenBatches(val, eval_batches))
+
+
+class EvenBatches:
+    """An eval loader yielding exactly ``num_batches`` batches, splitting its last batch in two if it has one fewer.
+
+    Composer stops evaluating on every rank as soon as one rank's loader is exhausted, so all ranks must yield
+    the same number of batches; a rank whose unpadded share is one example short may need one more, smaller batch.
+    """
+
+    def __init__(self, loader: Any, num_batches: int):
+        have = len(loader)
+        if have not in (num_batches, num_batches - 1) or (have < num_batches and loader.batch_size < 2):
+            raise ValueError(f'Cannot spread this rank\'s {len(loader.indices)} eval examples over {num_batches} batches; '
+                             'choose a data.eval_batch_size of at least 2 per rank.')
+        self.loader, self.num_batches = loader, num_batches
+        self.batch_size = loader.batch_size  # Composer sizes eval microbatches from it
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        split = len(self.loader) < self.num_batches
+        for i, batch in enumerate(self.loader):
+            if split and i == len(self.loader) - 1:
+                yield tuple(t[:-1] for t in batch)
+                yield tuple(t[-1:] for t in batch)
+            else:
+                yield batch

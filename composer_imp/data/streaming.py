@@ -9,7 +9,8 @@ Layout written by :func:`write_mds` (and ``python -m composer_imp.data.convert``
 Read with ``data: {name: streaming, local: OUT, kind: cifar10}`` (or ``remote: s3://bucket/OUT`` plus a
 ``local`` cache folder). Streaming partitions samples over ranks itself and its state travels in
 Composer checkpoints, so a level resumed mid-epoch continues from the exact sample without re-reading
-the earlier batches of the epoch. Each process builds the datasets once: Streaming refuses a second
+the earlier batches of the epoch. Evaluation reads the val shards by index (:class:`ByIndex`) through
+Composer's distributed sampler, so every eval example counts exactly once whatever the world size. Each process builds the datasets once: Streaming refuses a second
 instance on the same local folder while the first lives.
 """
 
@@ -21,7 +22,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ['write_mds', 'streaming_datasets', 'KINDS']
+__all__ = ['write_mds', 'streaming_datasets', 'ByIndex', 'KINDS']
 
 # kind -> (mean, std) per channel for normalization, and whether training augments (crop 4 + flip)
 KINDS = {
@@ -73,15 +74,22 @@ def _dataset_class():
                     x = x.flip(-1)
             return (x - self.mean) / self.std, torch.tensor(sample['label'], dtype=torch.long)
 
-        def without_augmentation(self) -> '_Unaugmented':
+        def by_index(self) -> 'ByIndex':
             # A view, not a second StreamingDataset: Streaming refuses two instances on one local folder.
-            return _Unaugmented(self)
+            return ByIndex(self)
+
+        without_augmentation = by_index
 
     return StreamingImages
 
 
-class _Unaugmented(torch.utils.data.Dataset):
-    """Random access to a streaming training set's samples, decoded without augmentation."""
+class ByIndex(torch.utils.data.Dataset):
+    """Map-style random access to every sample of a :class:`StreamingDataset`, decoded without augmentation.
+
+    Evaluation reads the val shards through this view with Composer's ``DistributedSampler``: Streaming's own
+    partitioning repeats samples to even out ranks, which Composer cannot trim, so an eval set that does not
+    divide by the world size would count some examples twice. The sweep's fixed subsample uses it too.
+    """
 
     def __init__(self, base):
         self.base = base
@@ -112,4 +120,4 @@ def streaming_datasets(local: str, remote: Optional[str] = None, kind: str = 'ci
         return cls(kind, train, local=os.path.join(local, split), remote=None if remote is None else f'{remote.rstrip("/")}/{split}',
                    shuffle=train, shuffle_seed=shuffle_seed, batch_size=batch_size if train else (eval_batch_size or batch_size))
 
-    return make('train', True), make('val', False)
+    return make('train', True), make('val', False).by_index()
