@@ -80,3 +80,44 @@ def test_levels_continue_the_streamed_data_order_from_tau(tmp_path):
     rows = find_ticket(model_fn, kwargs_fn, str(tmp_path / 'run'), IMPConfig(levels=1, rewind=f'{tau}ba'))
     assert probes[1].snap['step'] == tau and rows[1]['steps'] == 20 - tau
     assert torch.equal(probes[1].snap['labels'], probes[0].snap['labels']), 'level 1 must see the dense order from tau'
+
+
+def test_sigkilled_streaming_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """Mid-level autoresume restores Streaming's sample position from the checkpoint, after a SIGKILL that
+    leaves Streaming's shared memory behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from composer_imp.data.convert import main as convert
+    _write_cifar(tmp_path / 'data', 10)
+    assert convert(['--dataset', 'cifar10', '--data-root', str(tmp_path / 'data'), '--out', str(tmp_path / 'mds')]) == 0
+
+    def cmd(folder):
+        return [sys.executable, os.path.join(ROOT, 'run.py'), '-f', os.path.join(ROOT, 'yamls', 'cifar10_resnet20_imp.yaml'),
+                f'save_folder={folder}', 'data.name=streaming', f'data.data_root={tmp_path / "mds"}', 'data.kind=cifar10',
+                'data.batch_size=10', 'data.eval_batch_size=10', 'data.num_workers=0', 'device=cpu', 'progress_bar=false',
+                'imp.levels=1', 'imp.rewind=5ba', 'max_duration=3ep', 'eval_interval=3ep', 'imp.checkpoint_interval=5ba',
+                'analysis.enabled=false']
+
+    def finish(folder):
+        proc = subprocess.run(cmd(folder), capture_output=True, text=True, cwd=ROOT, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    finish(tmp_path / 'ref')
+    run = tmp_path / 'run'
+    proc = subprocess.Popen(cmd(run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.time() + 300
+    while not (run / 'level_01' / 'checkpoints' / 'latest-rank0.pt').exists():
+        assert proc.poll() is None and time.time() < deadline, 'the run ended before the kill point'
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / 'level_01' / 'level.json').exists()
+    finish(run)
+    rows, ref = (json.loads((f / 'summary.json').read_text())['levels'] for f in (run, tmp_path / 'ref'))
+    assert rows[1]['resumed_from_step'] > rows[1]['start_step'] == 5
+    for key in ('weights_remaining', 'accuracy', 'loss', 'steps', 'cumulative_steps', 'train_loss_mean'):
+        assert [r[key] for r in rows] == [r[key] for r in ref], key
+    a, b = (torch.load(f / 'level_01' / 'weights.pt', weights_only=True) for f in (run, tmp_path / 'ref'))
+    assert all(torch.equal(a[k], b[k]) for k in a), 'the resumed level trained on the same samples in the same order'

@@ -66,11 +66,15 @@ def _dataset_class():
             sample = super().__getitem__(idx)
             x = torch.from_numpy(np.array(sample['image'])).float() / 255.0
             if augment:
+                # Crop and flip drawn from (seed, epoch, sample), not the global RNG: a level resumed mid-epoch
+                # from a checkpoint augments exactly like the uninterrupted run, whatever the workers and ranks.
+                epoch = max(int(self.next_epoch) - 1, 0)  # Streaming counts epochs as it starts them
+                rng = torch.Generator().manual_seed(int((int(self.shuffle_seed) * 1_000_003 + epoch) * 1_000_033 + int(idx)) % 2**62)
                 h, w = x.shape[-2:]
                 x = torch.nn.functional.pad(x, (4, 4, 4, 4))
-                top, left = torch.randint(0, 9, (2,)).tolist()
+                top, left = torch.randint(0, 9, (2,), generator=rng).tolist()
                 x = x[:, top:top + h, left:left + w]
-                if torch.rand(()) < 0.5:
+                if torch.rand((), generator=rng) < 0.5:
                     x = x.flip(-1)
             return (x - self.mean) / self.std, torch.tensor(sample['label'], dtype=torch.long)
 
