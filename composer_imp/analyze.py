@@ -10,7 +10,8 @@ whether "connected iff matching" holds. Writes ``SAVE_FOLDER/analysis/analysis.j
 
 ``analysis.json`` schema::
 
-    {"tolerance": float, "betas": [float], "recalibrate_bn": bool,
+    {"settings": {"tolerance", "betas", "recalibrate_bn", "pairwise": bool, "plane_grid": int},
+     "tolerance": float, "betas": [float], "recalibrate_bn": bool,
      "levels": [{"level", "weights_remaining", "error", "loss", "matching"}],
      "successive": [{"from", "to", "betas", "errors", "losses", "barrier", "max_error",
                      "connected", "both_matching"}],
@@ -37,6 +38,42 @@ from composer_imp.evaluate import evaluate, fixed_subsample
 
 __all__ = ['analyze_run']
 
+SETTINGS = ('tolerance', 'betas', 'recalibrate_bn', 'pairwise', 'plane_grid')
+
+
+class _Cache:
+    """``analysis/cache/``: one JSON per finished evaluation (a level, a path, a plane), keyed by the settings and
+    the SHA-256 of the weights it read. An interrupted analysis resumes from it; changed weights are recomputed."""
+
+    def __init__(self, root: str, digests: dict[int, str], settings: dict):
+        self.dir = os.path.join(root, 'cache')
+        self.digests, self.settings = digests, settings
+        self.reused = 0
+
+    def _key(self, levels: Sequence[int]) -> dict:
+        return {'settings': self.settings, 'weights': [self.digests[l] for l in levels]}
+
+    def get(self, name: str, levels: Sequence[int]):
+        path = os.path.join(self.dir, f'{name}.json')
+        try:
+            with open(path) as f:
+                entry = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if entry.get('key') != self._key(levels):
+            return None
+        self.reused += 1
+        return entry['value']
+
+    def put(self, name: str, levels: Sequence[int], value):
+        os.makedirs(self.dir, exist_ok=True)
+        atomic_write_text(json.dumps({'key': self._key(levels), 'value': value}), os.path.join(self.dir, f'{name}.json'))
+        return value
+
+    def path(self, name: str, levels: Sequence[int], compute):
+        hit = self.get(name, levels)
+        return hit if hit is not None else self.put(name, levels, compute())
+
 
 def analyze_run(
     save_folder: str,
@@ -45,8 +82,13 @@ def analyze_run(
     recalibrate_bn: bool = False,
     pairwise: bool = True,
     planes: int = 0,
+    overwrite: bool = False,
 ) -> dict:
     """Analyse the trained levels of the IMP run in ``save_folder``; returns (and writes) the analysis dict.
+
+    Resumable: every finished evaluation is kept in ``analysis/cache/`` and reused when the same command runs
+    again (after an interruption, or when more levels have been trained since). An existing ``analysis.json``
+    made with other settings is never replaced silently: that is an error unless ``overwrite``.
 
     ``planes > 0`` adds, for each successive pair (L, L+1), the ``planes × planes`` error slice of the plane
     through ``w_L``, its projection ``m_{L+1} ⊙ w_L`` and ``w_{L+1}`` (Figure 3).
@@ -64,12 +106,25 @@ def analyze_run(
                          'levels 0 and 1 (level_XX/level.json, mask.pt and weights.pt).')
     if 0.0 not in betas or 1.0 not in betas:
         raise ValueError('--betas must include 0 and 1.')
+    out = os.path.join(folder.root, 'analysis')
+    settings = {'tolerance': tolerance, 'betas': [float(b) for b in betas], 'recalibrate_bn': recalibrate_bn,
+                'pairwise': pairwise, 'plane_grid': planes}
+    previous = os.path.join(out, 'analysis.json')
+    if os.path.isfile(previous) and not overwrite:
+        with open(previous) as f:
+            old = json.load(f)
+        old = old.get('settings', {})
+        changed = [f'{k}: {old.get(k)!r} -> {settings[k]!r}' for k in SETTINGS if old.get(k) != settings[k]]
+        if changed:
+            raise ValueError(f'{previous} was made with other settings ({"; ".join(changed)}). Run with the same '
+                             'settings to resume or extend it, or replace it with `python -m composer_imp.analyze '
+                             f'{folder.root} --overwrite ...` (overwrite=True in Python).')
     cfg = config_from_dict(OmegaConf.to_container(OmegaConf.load(folder.config), resolve=True))
     recipe = build_recipe(cfg)
     model = recipe.model_fn()
     from composer_imp.orchestrator import apply_model_surgery
     apply_model_surgery(model, recipe.trainer_kwargs_fn(model, 0)['algorithms'])  # same parameter names as the run
-    batches = list(recipe.eval_dataloader)
+    batches = recipe.eval_dataloader  # streamed once per evaluated chunk of networks, never materialized
     # BatchNorm statistics are recomputed on a fixed, un-augmented subsample of the training set.
     recal = fixed_subsample(recipe.sweep_data, min(1024, len(recipe.sweep_data)), 256) if recalibrate_bn else None
     weights = {}
@@ -81,16 +136,26 @@ def analyze_run(
                              f'missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}.')
         weights[level] = w
     rows = {r['level']: r for r in map(folder.read_row, levels)}
+    cache = _Cache(out, {l: rows[l]['manifest']['weights.pt'] for l in levels},
+                   {k: settings[k] for k in ('betas', 'recalibrate_bn')})
 
-    point = evaluate(model, [weights[l] for l in levels], batches, recalibrate_bn, recal)
+    point = {l: cache.get(f'level_{l:02d}', [l]) for l in levels}
+    todo = [l for l in levels if point[l] is None]
+    for l, p in zip(todo, evaluate(model, [weights[l] for l in todo], batches, recalibrate_bn, recal) if todo else []):
+        point[l] = cache.put(f'level_{l:02d}', [l], p)  # all missing levels in one pass over the data
+    point = [point[l] for l in levels]
     dense_error = point[0]['error']
     level_rows = [{'level': l, 'weights_remaining': rows[l]['weights_remaining'], 'error': p['error'], 'loss': p['loss'],
                    'matching': p['error'] <= dense_error + tolerance} for l, p in zip(levels, point)]
     matching = {r['level']: r['matching'] for r in level_rows}
 
     successive = []
+    def path_between(a: int, b: int) -> dict:
+        return cache.path(f'path_{a:02d}_{b:02d}', [a, b],
+                          lambda: linear_path(model, weights[a], weights[b], batches, betas, recalibrate_bn, recal))
+
     for a, b in zip(levels, levels[1:]):
-        path = linear_path(model, weights[a], weights[b], batches, betas, recalibrate_bn, recal)
+        path = path_between(a, b)
         successive.append({'from': a, 'to': b, **path, 'connected': path['barrier'] <= tolerance,
                            'both_matching': matching[a] and matching[b]})
 
@@ -106,29 +171,31 @@ def analyze_run(
     if pairwise:
         for i in range(n):
             for j in range(i + 2, n):
-                path = linear_path(model, weights[levels[i]], weights[levels[j]], batches, betas, recalibrate_bn, recal)
+                path = path_between(levels[i], levels[j])
                 max_err[i][j] = max_err[j][i] = path['max_error']
                 barrier[i][j] = barrier[j][i] = path['barrier']
 
     plane_results = []
     if planes:
         for a, b in zip(levels, levels[1:]):
-            mask = torch.load(folder.mask(b), map_location='cpu', weights_only=True)
-            projection = {k: (v * mask[k].to(v.dtype) if k in mask else v) for k, v in weights[a].items()}
-            sl = plane_slice(model, weights[a], projection, weights[b], batches, set(mask), planes,
-                             recalibrate_bn=recalibrate_bn, recalibration_batches=recal)
-            plane_results.append({'level': a, **sl})
+            def compute(a=a, b=b):
+                mask = torch.load(folder.mask(b), map_location='cpu', weights_only=True)
+                projection = {k: (v * mask[k].to(v.dtype) if k in mask else v) for k, v in weights[a].items()}
+                return plane_slice(model, weights[a], projection, weights[b], batches, set(mask), planes,
+                                   recalibrate_bn=recalibrate_bn, recalibration_batches=recal)
+            plane_results.append({'level': a, **cache.path(f'plane_{a:02d}_{planes}', [a, b], compute)})
 
     result = {
-        'planes': plane_results,
-        'tolerance': tolerance, 'betas': [float(b) for b in betas], 'recalibrate_bn': recalibrate_bn,
+        'settings': settings, 'planes': plane_results,
+        'tolerance': tolerance, 'betas': settings['betas'], 'recalibrate_bn': recalibrate_bn,
         'levels': level_rows, 'successive': successive,
         'pairwise': {'levels': levels, 'max_error': max_err, 'barrier': barrier},
         'connected_iff_matching': all(s['connected'] == s['both_matching'] for s in successive),
     }
-    out = os.path.join(folder.root, 'analysis')
     os.makedirs(out, exist_ok=True)
     atomic_write_text(json.dumps(result, indent=2), os.path.join(out, 'analysis.json'))
+    if cache.reused:
+        print(f'[composer-imp] analysis reused {cache.reused} finished evaluation(s) from {cache.dir}', flush=True)
     from composer_imp.plots import plot_landscape_report
     plot_landscape_report(result, out)
     return result
@@ -143,10 +210,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--no-pairwise', action='store_true', help='successive pairs only')
     parser.add_argument('--planes', type=int, default=0, metavar='N',
                         help='also N x N error slices of the plane through w_L, its projection and w_L+1 (paper: 51)')
+    parser.add_argument('--overwrite', action='store_true', help='replace an analysis.json made with other settings')
     args = parser.parse_args(argv)
     try:
         betas = [float(b) for b in args.betas.split(',')]
-        result = analyze_run(args.save_folder, betas, args.tolerance, args.recalibrate_bn, not args.no_pairwise, args.planes)
+        result = analyze_run(args.save_folder, betas, args.tolerance, args.recalibrate_bn, not args.no_pairwise, args.planes,
+                             overwrite=args.overwrite)
     except (FileNotFoundError, ValueError) as e:
         print(f'composer-imp analyze: error: {e}', file=sys.stderr)
         return 2

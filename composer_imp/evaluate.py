@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import torch
 from composer.models import ComposerModel
@@ -85,6 +85,12 @@ def recalibrate_batchnorm(model: ComposerModel, weights: Mapping[str, torch.Tens
     return out
 
 
+def _on(batches: Iterable, device: torch.device) -> Iterator:
+    """The batches moved to ``device`` one at a time: a DataLoader is streamed, never held in memory whole."""
+    for batch in batches:
+        yield [t.to(device) if isinstance(t, torch.Tensor) else t for t in batch]
+
+
 @torch.no_grad()
 def evaluate(
     model: ComposerModel,
@@ -96,7 +102,8 @@ def evaluate(
     """Mean loss (``model.loss``) and classification error of ``model`` under each weight set, in eval mode.
 
     Each weight set must name every parameter and buffer of ``model`` (a ``state_dict``); the model's
-    own tensors are untouched. ``recalibrate_bn`` recomputes BatchNorm statistics per weight set first,
+    own tensors are untouched. ``batches`` is a list or a loader (re-iterable; streamed batch by batch, so an
+    ImageNet-sized eval set is never held in memory). ``recalibrate_bn`` recomputes BatchNorm statistics per weight set first,
     on ``recalibration_batches`` (default: ``batches``; pass training data when ``batches`` is a test set).
 
     Returns:
@@ -104,18 +111,16 @@ def evaluate(
     """
     was_training = model.training
     device = next(model.parameters()).device
-    to_device = lambda bs: [[t.to(device) if isinstance(t, torch.Tensor) else t for t in b] for b in bs]
-    batches = to_device(batches)
     weight_sets = [{k: v.to(device) for k, v in w.items()} for w in weight_sets]  # once, not per batch
     if recalibrate_bn:
-        recal = batches if recalibration_batches is None else to_device(recalibration_batches)
-        weight_sets = [recalibrate_batchnorm(model, w, recal) for w in weight_sets]
+        recal = batches if recalibration_batches is None else recalibration_batches
+        weight_sets = [recalibrate_batchnorm(model, w, _on(recal, device)) for w in weight_sets]
     model.eval()
     losses = [0.0] * len(weight_sets)
     wrong = [0] * len(weight_sets)
     count = 0
     try:
-        for batch in batches:
+        for batch in _on(batches, device):  # one pass over the data for all weight sets
             n = len(batch[0])
             for i, weights in enumerate(weight_sets):
                 outputs = functional_call(model, weights, (batch,))

@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 # The orchestrator owns these: each level loads the rewind point and writes into its own folder.
 RESERVED_TRAINER_KWARGS = ('model', 'load_path', 'load_weights_only', 'save_folder', 'autoresume', 'run_name')
 # Keys a re-run may change without mixing runs: more levels extend a finished run, and a run folder may move.
-RESUMABLE_KEYS = ('imp.levels', 'progress_bar', 'save_folder')
+RESUMABLE_KEYS = ('imp.levels', 'progress_bar', 'save_folder', 'analysis')  # 'analysis' covers analysis.*
 
 
 @dataclass
@@ -300,7 +300,8 @@ class LevelOrchestrator:
         resolved = self._resolved_config()
         if os.path.isfile(self.folder.config) and not self.overwrite:
             previous = OmegaConf.to_container(OmegaConf.load(self.folder.config), resolve=True)
-            changed = [k for k in _changed_keys(previous, resolved) if k.split(' ')[0] not in RESUMABLE_KEYS]
+            changed = [k for k in _changed_keys(previous, resolved)
+                       if k.split(' ')[0] not in RESUMABLE_KEYS and k.split('.')[0] not in RESUMABLE_KEYS]
             if changed:
                 raise ValueError(
                     f'{self.folder.root} holds an IMP run made with a different config; changed keys: '

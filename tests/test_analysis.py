@@ -98,3 +98,40 @@ def test_plane_slice_grid_matches_pointwise_evaluation(digits_loaders, tiny_mode
     assert sl['alphas'] == [-0.5, 0.5, 1.5]
     single = evaluate(model, [plane_point(o, u, v_, 1.5, -0.5, prunable)], batches)[0]['error']
     assert sl['errors'][0][2] == single  # errors[beta][alpha]
+
+
+def test_killed_analysis_resumes_from_its_cache_and_never_replaces_other_settings_silently(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    import run
+    assert run.main(['-f', f'{ROOT}/yamls/quickstart.yaml', f'save_folder={tmp_path}', 'imp.levels=2', 'max_duration=2ep',
+                     'eval_interval=2ep', 'model.width=8', 'progress_bar=false', 'analysis.enabled=false']) == 0
+    cmd = [sys.executable, '-m', 'composer_imp.analyze', str(tmp_path), '--planes', '21', '--betas', '0,0.5,1']
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_plane = tmp_path / 'analysis' / 'cache' / 'plane_00_21.json'
+    deadline = time.time() + 300
+    while not first_plane.exists():
+        assert proc.poll() is None and time.time() < deadline, 'the analysis ended before the kill point'
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / 'analysis' / 'analysis.json').exists()
+
+    resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert 'reused 7 finished evaluation(s)' in resumed.stdout  # 3 levels, 3 paths, the first plane
+    text = (tmp_path / 'analysis' / 'analysis.json').read_text()
+    import shutil
+    shutil.rmtree(tmp_path / 'analysis')
+    fresh = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert fresh.returncode == 0 and 'reused' not in fresh.stdout
+    assert (tmp_path / 'analysis' / 'analysis.json').read_text() == text, 'resumed analysis == uninterrupted analysis'
+
+    changed = subprocess.run(cmd + ['--tolerance', '0.02'], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert changed.returncode == 2 and 'tolerance: 0.01 -> 0.02' in changed.stderr and '--overwrite' in changed.stderr
+    assert (tmp_path / 'analysis' / 'analysis.json').read_text() == text
+    replaced = subprocess.run(cmd + ['--tolerance', '0.02', '--overwrite'], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert replaced.returncode == 0 and 'reused 8' in replaced.stdout  # all 8 evaluations are tolerance-independent
+    assert json.loads((tmp_path / 'analysis' / 'analysis.json').read_text())['tolerance'] == 0.02
