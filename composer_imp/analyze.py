@@ -78,7 +78,7 @@ class _Cache:
 def analyze_run(
     save_folder: str,
     betas: Sequence[float] = DEFAULT_BETAS,
-    tolerance: float = 0.01,
+    tolerance: Optional[float] = 0.01,
     recalibrate_bn: bool = False,
     pairwise: bool = True,
     planes: int = 0,
@@ -106,6 +106,7 @@ def analyze_run(
                          'levels 0 and 1 (level_XX/level.json, mask.pt and weights.pt).')
     if 0.0 not in betas or 1.0 not in betas:
         raise ValueError('--betas must include 0 and 1.')
+    tolerance = 0.01 if tolerance is None else float(tolerance)
     out = os.path.join(folder.root, 'analysis')
     settings = {'tolerance': tolerance, 'betas': [float(b) for b in betas], 'recalibrate_bn': recalibrate_bn,
                 'pairwise': pairwise, 'plane_grid': planes}
@@ -205,17 +206,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('save_folder')
     parser.add_argument('--betas', default=','.join(str(b) for b in DEFAULT_BETAS), help='comma-separated β grid')
-    parser.add_argument('--tolerance', type=float, default=0.01, help='matching / connectivity tolerance (error)')
+    parser.add_argument('--tolerance', type=float, default=None,
+                        help='matching / connectivity tolerance (error); default: ε across replicates, else 0.01')
     parser.add_argument('--recalibrate-bn', action='store_true', help='recompute BatchNorm statistics per network')
     parser.add_argument('--no-pairwise', action='store_true', help='successive pairs only')
     parser.add_argument('--planes', type=int, default=0, metavar='N',
                         help='also N x N error slices of the plane through w_L, its projection and w_L+1 (paper: 51)')
     parser.add_argument('--overwrite', action='store_true', help='replace an analysis.json made with other settings')
     args = parser.parse_args(argv)
+    from composer_imp.replicates import analyze_replicates, replicate_folders
     try:
         betas = [float(b) for b in args.betas.split(',')]
-        result = analyze_run(args.save_folder, betas, args.tolerance, args.recalibrate_bn, not args.no_pairwise, args.planes,
-                             overwrite=args.overwrite)
+        options = (betas, args.tolerance, args.recalibrate_bn, not args.no_pairwise, args.planes)
+        if replicate_folders(args.save_folder) and not os.path.isfile(RunFolder(args.save_folder).config):
+            result = analyze_replicates(args.save_folder, *options, overwrite=args.overwrite)
+            print(f'[composer-imp] analysis of {len(result["replicates"])} replicates written to '
+                  f'{os.path.join(args.save_folder, "analysis", "replicates.md")}; ε = {100 * result["epsilon"]:.2f} points; '
+                  f'connected iff matching: {result["connected_iff_matching"]}')
+            return 0
+        result = analyze_run(args.save_folder, *options, overwrite=args.overwrite)
     except (FileNotFoundError, ValueError) as e:
         print(f'composer-imp analyze: error: {e}', file=sys.stderr)
         return 2

@@ -35,7 +35,7 @@ class AnalysisConfig:
 
     enabled: bool = False
     betas: list = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
-    tolerance: float = 0.01
+    tolerance: Optional[float] = None  # null: ε across replicates, or 0.01 for a single run
     recalibrate_bn: bool = False
     pairwise: bool = True
     planes: int = 0
@@ -64,6 +64,7 @@ class RunConfig:
     loggers: dict = field(default_factory=dict)
     overwrite: bool = False
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    replicates: int = 1  # N seeds of the whole run, each in save_folder/replicate_XX (composer_imp.replicates)
 
 
 _REQUIRED = ('save_folder', 'max_duration', 'model', 'data', 'optimizer')
@@ -100,6 +101,10 @@ def config_from_dict(user: dict) -> DictConfig:
             raise ConfigError(f"Config section '{section}' needs a 'name' (e.g. {section}.name=...).")
     if cfg.scheduler is not None and 'name' not in cfg.scheduler:
         raise ConfigError("Config section 'scheduler' needs a 'name' (a composer.optim scheduler class, e.g. MultiStepScheduler).")
+    if cfg.replicates < 1:
+        raise ConfigError(f'replicates={cfg.replicates} must be at least 1 (the number of seeds of the whole IMP run).')
+    if cfg.analysis.tolerance is not None and not 0 <= cfg.analysis.tolerance < 1:
+        raise ConfigError(f'analysis.tolerance={cfg.analysis.tolerance} must be an error difference in [0, 1), or null.')
     try:
         IMPConfig(**OmegaConf.to_container(cfg.imp)).validate()
     except ValueError as e:

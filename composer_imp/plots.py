@@ -14,13 +14,14 @@ import os
 from typing import Mapping, Sequence
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from composer_imp.artifacts import RunFolder  # noqa: E402
+from composer_imp.artifacts import RunFolder, atomic_write_text  # noqa: E402
 
-__all__ = ['plot_accuracy_vs_compute', 'plot_landscape_report']
+__all__ = ['plot_accuracy_vs_compute', 'plot_landscape_report', 'plot_replicates']
 
 
 def plot_accuracy_vs_compute(runs: Mapping[str, Sequence[dict]], path: str) -> str:
@@ -151,6 +152,56 @@ def plot_landscape_report(analysis: dict, out: str) -> list[str]:
     paths.append(os.path.join(out, 'report.md'))
     with open(paths[-1], 'w') as f:
         f.write('\n'.join(lines) + '\n')
+    return paths
+
+
+def plot_replicates(result: dict, out: str) -> list[str]:
+    """``replicates.png`` (error vs weights remaining, barriers; mean ± std over replicates) and ``replicates.md``."""
+    levels, successive = result['levels'], result['successive']
+    dense, tol = result['dense_error']['mean'], result['tolerance']
+    name = 'ε' if tol == result['epsilon'] else 'tolerance'
+    fig, (ax_e, ax_b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    x = [100 * r['weights_remaining']['mean'] for r in levels]
+    ax_e.errorbar(x, [100 * r['error']['mean'] for r in levels], yerr=[100 * r['error']['std'] for r in levels],
+                  marker='o', capsize=3, label=f'IMP levels (mean ± std, {len(result["replicates"])} replicates)')
+    ax_e.axhspan(100 * (dense - tol), 100 * (dense + tol), color='grey', alpha=0.2, label=f'dense error ± {name} (matching)')
+    ax_e.set_xscale('log')
+    ax_e.set_xticks(x, [f'{v:.3g}' for v in x])  # one tick per level
+    ax_e.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax_e.invert_xaxis()
+    ax_e.set_xlabel('weights remaining (%)')
+    ax_e.set_ylabel('test error (%)')
+    ax_e.set_title('Test error vs sparsity across replicates')
+    if successive:
+        names = [f'{s["from"]}→{s["to"]}' for s in successive]
+        ax_b.bar(names, [100 * s['barrier']['mean'] for s in successive], yerr=[100 * s['barrier']['std'] for s in successive],
+                 capsize=3, color=['tab:green' if s['connected'] else 'tab:red' for s in successive], label='error barrier (mean ± std)')
+    ax_b.axhline(100 * tol, color='black', ls=':', label=f'{name} = {100 * tol:.2f} points')
+    ax_b.set_xlabel('successive levels')
+    ax_b.set_ylabel('error barrier (percentage points)')
+    ax_b.set_title('Linear connectivity of successive levels (green: connected)')
+    for ax in (ax_e, ax_b):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle('IMP across replicates: matching and linear mode connectivity')
+    fig.tight_layout()
+    paths = [os.path.join(out, 'replicates.png')]
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+
+    lines = ['# IMP across replicates', '',
+             f'{len(result["replicates"])} replicates (seeds {result["seeds"]}); dense test error '
+             f'{100 * dense:.2f}% ± {100 * result["dense_error"]["std"]:.2f}; ε = {100 * result["epsilon"]:.2f} points '
+             f'(tolerance used: {100 * tol:.2f}). Connected iff matching: **{result["connected_iff_matching"]}**.', '',
+             '| level | weights remaining | test error (mean ± std) | matching | matching in |', '|---|---|---|---|---|']
+    lines += [f'| {r["level"]} | {100 * r["weights_remaining"]["mean"]:.2f}% | {100 * r["error"]["mean"]:.2f}% ± '
+              f'{100 * r["error"]["std"]:.2f} | {r["matching"]} | {100 * r["matching_fraction"]:.0f}% |' for r in levels]
+    lines += ['', '| path | barrier (mean ± std) | connected | connected in | both matching |', '|---|---|---|---|---|']
+    lines += [f'| {s["from"]} → {s["to"]} | {100 * s["barrier"]["mean"]:.2f} ± {100 * s["barrier"]["std"]:.2f} pts | '
+              f'{s["connected"]} | {100 * s["connected_fraction"]:.0f}% | {s["both_matching"]} |' for s in successive]
+    lines += ['', '![replicates.png](replicates.png)']
+    paths.append(os.path.join(out, 'replicates.md'))
+    atomic_write_text('\n'.join(lines) + '\n', paths[-1])
     return paths
 
 

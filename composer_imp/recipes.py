@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 from types import ModuleType
 from typing import Any, Optional, Sequence
 
@@ -101,6 +102,24 @@ class Recipe:
         self.imp = IMPConfig(**OmegaConf.to_container(cfg.imp, resolve=True))
         self._validate()
 
+    def reseed(self, seed: int) -> None:
+        """Make the recipe another replicate: initialization, Trainer RNG and training data order follow ``seed``.
+
+        The loaders are kept (Streaming allows one dataset per folder per process); their shuffling seeds move
+        by the same offset as the run's seed.
+        """
+        offset = seed - self.cfg.seed
+        self.cfg.seed = seed
+        sampler = getattr(self.train_dataloader, 'sampler', None)
+        if hasattr(sampler, 'seed'):  # Composer's DistributedSampler
+            sampler.seed += offset
+        dataset = getattr(self.train_dataloader, 'dataset', None)
+        if hasattr(dataset, 'shuffle_seed'):  # StreamingDataset
+            dataset.shuffle_seed += offset
+        order = getattr(self.train_dataloader, 'traversal_order', None)
+        if getattr(order, 'seed', None) is not None:  # FFCV
+            order.seed += offset
+
     # The two functions the orchestrator calls ------------------------------------------------
     def model_fn(self) -> ComposerModel:
         reproducibility.seed_all(self.cfg.seed)  # level 0's initialization follows the seed
@@ -174,24 +193,41 @@ def build_recipe(cfg: DictConfig) -> Recipe:
     return Recipe(cfg)
 
 
-def run_config(cfg: DictConfig, overwrite: Optional[bool] = None) -> list[dict]:
-    """Run IMP as a config describes; returns the summary rows."""
+def run_config(cfg: DictConfig, overwrite: Optional[bool] = None) -> list:
+    """Run IMP as a config describes; returns the summary rows (one list of rows per replicate if ``replicates > 1``)."""
+    from composer_imp.replicates import analyze_replicates, replicate_folder
+
     recipe = build_recipe(cfg)
-    orchestrator = LevelOrchestrator(
-        recipe.model_fn,
-        recipe.trainer_kwargs_fn,
-        cfg.save_folder,
-        recipe.imp,
-        config={k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != 'overwrite'},
-        overwrite=bool(cfg.overwrite if overwrite is None else overwrite),
-        device=recipe.device,
-        sweep_data=recipe.sweep_data,
-    )
-    rows = orchestrator.run()
-    if cfg.analysis.enabled and dist.get_global_rank() == 0:
-        from composer_imp.analyze import analyze_run
-        a = cfg.analysis
-        result = analyze_run(cfg.save_folder, list(a.betas), a.tolerance, a.recalibrate_bn, a.pairwise, a.planes)
-        print(f'[composer-imp] analysis written to {cfg.save_folder}/analysis; '
-              f'connected iff matching: {result["connected_iff_matching"]}', flush=True)
-    return rows
+    overwrite = bool(cfg.overwrite if overwrite is None else overwrite)
+    a = cfg.analysis
+    if cfg.replicates == 1:
+        rows = _run_levels(recipe, cfg.save_folder, overwrite)
+        if a.enabled and dist.get_global_rank() == 0:
+            from composer_imp.analyze import analyze_run
+            result = analyze_run(cfg.save_folder, list(a.betas), a.tolerance, a.recalibrate_bn, a.pairwise, a.planes)
+            print(f'[composer-imp] analysis written to {cfg.save_folder}/analysis; '
+                  f'connected iff matching: {result["connected_iff_matching"]}', flush=True)
+        return rows
+    if os.path.isfile(os.path.join(cfg.save_folder, 'config.yaml')):
+        raise ConfigError(f'save_folder={cfg.save_folder} holds a single IMP run; replicates={cfg.replicates} live in '
+                          'their own folder (replicate_XX inside save_folder). Choose another save_folder.')
+    base_seed, runs = cfg.seed, []
+    for i in range(cfg.replicates):
+        recipe.reseed(base_seed + i)
+        folder = replicate_folder(cfg.save_folder, i)
+        if dist.get_global_rank() == 0:
+            print(f'[composer-imp] replicate {i + 1}/{cfg.replicates}: seed {base_seed + i}, {folder}', flush=True)
+        runs.append(_run_levels(recipe, folder, overwrite))
+    recipe.reseed(base_seed)
+    if a.enabled and dist.get_global_rank() == 0:
+        result = analyze_replicates(cfg.save_folder, list(a.betas), a.tolerance, a.recalibrate_bn, a.pairwise, a.planes)
+        print(f'[composer-imp] replicate analysis written to {cfg.save_folder}/analysis/replicates.md; ε = '
+              f'{100 * result["epsilon"]:.2f} points; connected iff matching: {result["connected_iff_matching"]}', flush=True)
+    return runs
+
+
+def _run_levels(recipe: Recipe, save_folder: str, overwrite: bool) -> list[dict]:
+    config = {k: v for k, v in OmegaConf.to_container(recipe.cfg, resolve=True).items() if k != 'overwrite'}
+    config['save_folder'] = save_folder
+    return LevelOrchestrator(recipe.model_fn, recipe.trainer_kwargs_fn, save_folder, recipe.imp, config=config,
+                             overwrite=overwrite, device=recipe.device, sweep_data=recipe.sweep_data).run()

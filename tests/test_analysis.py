@@ -135,3 +135,38 @@ def test_killed_analysis_resumes_from_its_cache_and_never_replaces_other_setting
     replaced = subprocess.run(cmd + ['--tolerance', '0.02', '--overwrite'], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert replaced.returncode == 0 and 'reused 8' in replaced.stdout  # all 8 evaluations are tolerance-independent
     assert json.loads((tmp_path / 'analysis' / 'analysis.json').read_text())['tolerance'] == 0.02
+
+
+def test_replicates_train_one_run_per_seed_and_define_matching_by_the_dense_spread(tmp_path, capsys):
+    import statistics
+    import run
+    from omegaconf import OmegaConf
+    args = ['-f', f'{ROOT}/yamls/quickstart.yaml', f'save_folder={tmp_path / "reps"}', 'replicates=3', 'imp.levels=2',
+            'max_duration=3ep', 'eval_interval=3ep', 'model.width=8', 'progress_bar=false', 'analysis.betas=[0,0.5,1]']
+    assert run.main(args) == 0
+    folders = [tmp_path / 'reps' / f'replicate_{i:02d}' for i in range(3)]
+    assert [OmegaConf.load(f / 'config.yaml').seed for f in folders] == [17, 18, 19]
+    dense = [torch.load(f / 'level_00' / 'weights.pt', weights_only=True) for f in folders]
+    assert not torch.equal(dense[0]['module.fc.weight'], dense[1]['module.fc.weight']), 'replicates differ'
+    result = json.loads((tmp_path / 'reps' / 'analysis' / 'replicates.json').read_text())
+    errors = [1 - json.loads((f / 'summary.json').read_text())['levels'][0]['accuracy'] for f in folders]
+    assert result['epsilon'] == pytest.approx(statistics.stdev(errors)) and result['epsilon'] > 0
+    assert result['tolerance'] == result['epsilon'] and result['seeds'] == [17, 18, 19]
+    for row in result['levels']:
+        assert len(row['error']['values']) == 3
+        assert row['error']['mean'] == pytest.approx(statistics.fmean(row['error']['values']))
+        assert row['matching'] == (row['error']['mean'] <= result['dense_error']['mean'] + result['epsilon'])
+    for f in folders:  # each replicate's own analysis uses ε as its tolerance
+        assert json.loads((f / 'analysis' / 'analysis.json').read_text())['tolerance'] == result['epsilon']
+    assert (tmp_path / 'reps' / 'analysis' / 'replicates.png').stat().st_size > 10_000
+    assert 'Connected iff matching' in (tmp_path / 'reps' / 'analysis' / 'replicates.md').read_text()
+    first = (tmp_path / 'reps' / 'analysis' / 'replicates.json').read_text()
+    capsys.readouterr()
+    assert run.main(args) == 0  # the same command again: every level of every replicate is reused
+    assert capsys.readouterr().out.count('already done') == 9
+    assert (tmp_path / 'reps' / 'analysis' / 'replicates.json').read_text() == first
+
+    assert run.main([*args[:2], f'save_folder={tmp_path / "reps" / "replicate_00"}', *args[3:]]) == 2
+    assert 'holds a single IMP run' in capsys.readouterr().err
+    assert run.main([*args[:3], 'replicates=0', *args[4:]]) == 2
+    assert 'replicates=0 must be at least 1' in capsys.readouterr().err

@@ -306,7 +306,7 @@ def make_loaders(name: str, data_kwargs: dict, loader_kwargs: dict, seed: int = 
         crops = {k: v for k, v in data_kwargs.items() if k in ('kind', 'train_crop', 'eval_resize', 'eval_crop')}
         return BetonExamples(root, **crops), train, val
     train, test = build_datasets(name, **data_kwargs)
-    return (without_augmentation(train), *build_dataloaders(train, test, **loader_kwargs))
+    return (without_augmentation(train), *build_dataloaders(train, test, **loader_kwargs, seed=seed))
 
 
 def build_dataloaders(
@@ -316,13 +316,15 @@ def build_dataloaders(
     eval_batch_size: Optional[int] = None,
     num_workers: int = 0,
     drop_last: bool = True,
+    seed: int = 0,
 ) -> tuple[DataLoader, DataLoader]:
-    """Dataloaders with Composer's distributed samplers; ``batch_size`` is the global batch size."""
+    """Dataloaders with Composer's distributed samplers; ``batch_size`` is the global batch size and the training
+    order follows ``seed`` (the run's seed, so replicates see different orders)."""
     batch, eval_batch = _per_rank(batch_size, eval_batch_size)
     # A StreamingDataset (iterable) partitions training samples over ranks itself; everything else, eval sets
     # included (Streaming's val shards are read by index), uses Composer's sampler, whose eval padding Composer's
     # eval loop removes from the metrics, so every eval example counts exactly once.
-    train_sampler = None if isinstance(train, IterableDataset) else dist.get_sampler(train, shuffle=True, drop_last=drop_last)
+    train_sampler = None if isinstance(train, IterableDataset) else dist.get_sampler(train, shuffle=True, drop_last=drop_last, seed=seed)
     eval_sampler = None if isinstance(test, IterableDataset) else dist.get_sampler(test, shuffle=False)
     train_loader = DataLoader(train, batch_size=batch, sampler=train_sampler,
                               num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0)

@@ -1,0 +1,123 @@
+"""Replicates: N seeds of a whole IMP run, analysed together (the paper's matching criterion, Appendix A).
+
+``replicates: N`` in a recipe (or ``replicates=N`` on the command line) trains N independent IMP runs with
+seeds ``seed, seed + 1, …`` in ``SAVE_FOLDER/replicate_00 … replicate_{N-1}`` (each a complete, resumable run),
+then analyses them together:
+
+* ε = the standard deviation (``statistics.stdev``, N - 1 in the denominator) of the dense test error across
+  replicates; the matching tolerance of every replicate's analysis unless a tolerance is given.
+* per level: test error and weights remaining as mean ± std over replicates; the level is **matching** when its
+  mean error is at most the mean dense error + ε, and ``matching_fraction`` says in how many replicates it was.
+* per successive pair: the error barrier as mean ± std; **connected** when the mean barrier is at most ε.
+
+Writes ``SAVE_FOLDER/analysis/replicates.json``, ``replicates.png`` and ``replicates.md`` (each replicate keeps its
+own ``analysis/``). ``python -m composer_imp.analyze SAVE_FOLDER`` on such a folder does the same.
+
+``replicates.json`` schema::
+
+    {"replicates": [str], "seeds": [int], "epsilon": float, "tolerance": float,
+     "dense_error": {"mean", "std", "values"},
+     "levels": [{"level", "weights_remaining": {"mean", "std", "values"}, "error": {"mean", "std", "values"},
+                 "matching": bool, "matching_fraction": float}],
+     "successive": [{"from", "to", "barrier": {"mean", "std", "values"}, "connected": bool,
+                     "connected_fraction": float, "both_matching": bool}],
+     "connected_iff_matching": bool}
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import statistics
+from typing import Optional, Sequence
+
+from composer_imp.artifacts import RunFolder, atomic_write_text
+from composer_imp.connectivity import DEFAULT_BETAS
+
+__all__ = ['replicate_folder', 'replicate_folders', 'analyze_replicates']
+
+
+def replicate_folder(save_folder: str, index: int) -> str:
+    """Where replicate ``index`` of the run in ``save_folder`` lives."""
+    return os.path.join(save_folder, f'replicate_{index:02d}')
+
+
+def replicate_folders(save_folder: str) -> list[str]:
+    """The replicate runs under ``save_folder`` (folders ``replicate_XX`` holding a ``config.yaml``), in order."""
+    found = sorted(glob.glob(os.path.join(glob.escape(save_folder), 'replicate_[0-9][0-9]')))
+    return [f for f in found if os.path.isfile(RunFolder(f).config)]
+
+
+def _stats(values: Sequence[float]) -> dict:
+    return {'mean': statistics.fmean(values), 'std': statistics.stdev(values) if len(values) > 1 else 0.0,
+            'values': list(values)}
+
+
+def analyze_replicates(
+    save_folder: str,
+    betas: Sequence[float] = DEFAULT_BETAS,
+    tolerance: Optional[float] = None,
+    recalibrate_bn: bool = False,
+    pairwise: bool = True,
+    planes: int = 0,
+    overwrite: bool = False,
+) -> dict:
+    """Analyse every replicate of ``save_folder`` with tolerance ε (or ``tolerance``) and aggregate; see the module doc."""
+    from composer_imp.analyze import analyze_run
+
+    folders = replicate_folders(save_folder)
+    if len(folders) < 2:
+        raise ValueError(f'{save_folder} holds {len(folders)} replicate run(s) (replicate_XX/config.yaml); the '
+                         'replicate analysis needs at least 2 (train them with replicates=N).')
+    summaries = []
+    for folder in folders:
+        run = RunFolder(folder)
+        levels = run.levels_done()
+        if 0 not in levels:
+            raise ValueError(f'{folder} has no finished dense level (level_00); finish its training first '
+                             '(re-run the same command: replicates resume).')
+        summaries.append({l: run.read_row(l) for l in levels})
+    dense = [1.0 - s[0]['accuracy'] for s in summaries]
+    epsilon = statistics.stdev(dense)
+    tol = epsilon if tolerance is None else float(tolerance)
+    per_run = [analyze_run(f, betas, tol, recalibrate_bn, pairwise, planes, overwrite=overwrite) for f in folders]
+
+    common = sorted(set.intersection(*(set(r['level'] for r in a['levels']) for a in per_run)))
+    dense_error = _stats([a['levels'][0]['error'] for a in per_run])
+    level_rows = []
+    for level in common:
+        rows = [next(r for r in a['levels'] if r['level'] == level) for a in per_run]
+        error = _stats([r['error'] for r in rows])
+        level_rows.append({'level': level, 'weights_remaining': _stats([r['weights_remaining'] for r in rows]),
+                           'error': error, 'matching': error['mean'] <= dense_error['mean'] + tol,
+                           'matching_fraction': sum(r['matching'] for r in rows) / len(rows)})
+    matching = {r['level']: r['matching'] for r in level_rows}
+    successive = []
+    for a, b in zip(common, common[1:]):
+        paths = [next(s for s in run['successive'] if s['from'] == a and s['to'] == b) for run in per_run
+                 if any(s['from'] == a and s['to'] == b for s in run['successive'])]
+        if len(paths) != len(per_run):
+            continue  # a level missing in some replicate: no common successive pair
+        barrier = _stats([p['barrier'] for p in paths])
+        successive.append({'from': a, 'to': b, 'barrier': barrier, 'connected': barrier['mean'] <= tol,
+                           'connected_fraction': sum(p['connected'] for p in paths) / len(paths),
+                           'both_matching': matching[a] and matching[b]})
+    result = {
+        'replicates': [os.path.basename(f) for f in folders],
+        'seeds': [_seed(f) for f in folders],
+        'epsilon': epsilon, 'tolerance': tol, 'dense_error': dense_error,
+        'levels': level_rows, 'successive': successive,
+        'connected_iff_matching': all(s['connected'] == s['both_matching'] for s in successive),
+    }
+    out = os.path.join(save_folder, 'analysis')
+    os.makedirs(out, exist_ok=True)
+    atomic_write_text(json.dumps(result, indent=2), os.path.join(out, 'replicates.json'))
+    from composer_imp.plots import plot_replicates
+    plot_replicates(result, out)
+    return result
+
+
+def _seed(folder: str) -> Optional[int]:
+    from omegaconf import OmegaConf
+    return OmegaConf.load(RunFolder(folder).config).get('seed')
