@@ -26,12 +26,14 @@ import argparse
 import json
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from omegaconf import OmegaConf
 
 from composer_imp.artifacts import RunFolder, atomic_write_text
 import torch
+from composer.utils import dist
+from torch.utils.data import DataLoader, Subset
 
 from composer_imp.connectivity import DEFAULT_BETAS, linear_path, plane_slice
 from composer_imp.evaluate import evaluate, fixed_subsample
@@ -54,20 +56,23 @@ class _Cache:
         return {'settings': self.settings, 'weights': [self.digests[l] for l in levels]}
 
     def get(self, name: str, levels: Sequence[int]):
-        path = os.path.join(self.dir, f'{name}.json')
-        try:
-            with open(path) as f:
-                entry = json.load(f)
-        except (OSError, ValueError):
-            return None
-        if entry.get('key') != self._key(levels):
-            return None
-        self.reused += 1
-        return entry['value']
+        value = None
+        if dist.get_global_rank() == 0:  # rank 0 decides, so every rank takes the same branch
+            try:
+                with open(os.path.join(self.dir, f'{name}.json')) as f:
+                    entry = json.load(f)
+                value = entry['value'] if entry.get('key') == self._key(levels) else None
+            except (OSError, ValueError, KeyError):
+                pass
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        self.reused += holder[0] is not None
+        return holder[0]
 
     def put(self, name: str, levels: Sequence[int], value):
-        os.makedirs(self.dir, exist_ok=True)
-        atomic_write_text(json.dumps({'key': self._key(levels), 'value': value}), os.path.join(self.dir, f'{name}.json'))
+        if dist.get_global_rank() == 0:
+            os.makedirs(self.dir, exist_ok=True)
+            atomic_write_text(json.dumps({'key': self._key(levels), 'value': value}), os.path.join(self.dir, f'{name}.json'))
         return value
 
     def path(self, name: str, levels: Sequence[int], compute):
@@ -83,12 +88,16 @@ def analyze_run(
     pairwise: bool = True,
     planes: int = 0,
     overwrite: bool = False,
+    recipe: Any = None,
 ) -> dict:
     """Analyse the trained levels of the IMP run in ``save_folder``; returns (and writes) the analysis dict.
 
     Resumable: every finished evaluation is kept in ``analysis/cache/`` and reused when the same command runs
     again (after an interruption, or when more levels have been trained since). An existing ``analysis.json``
     made with other settings is never replaced silently: that is an error unless ``overwrite``.
+
+    ``recipe``: the :class:`~composer_imp.recipes.Recipe` the run was trained with, when analysing in the same
+    process (its loaders are reused: Streaming allows one dataset per folder); default: rebuilt from ``config.yaml``.
 
     ``planes > 0`` adds, for each successive pair (L, L+1), the ``planes × planes`` error slice of the plane
     through ``w_L``, its projection ``m_{L+1} ⊙ w_L`` and ``w_{L+1}`` (Figure 3).
@@ -121,11 +130,12 @@ def analyze_run(
                              'settings to resume or extend it, or replace it with `python -m composer_imp.analyze '
                              f'{folder.root} --overwrite ...` (overwrite=True in Python).')
     cfg = config_from_dict(OmegaConf.to_container(OmegaConf.load(folder.config), resolve=True))
-    recipe = build_recipe(cfg)
+    recipe = recipe or build_recipe(cfg)
     model = recipe.model_fn()
     from composer_imp.orchestrator import apply_model_surgery
     apply_model_surgery(model, recipe.trainer_kwargs_fn(model, 0)['algorithms'])  # same parameter names as the run
-    batches = recipe.eval_dataloader  # streamed once per evaluated chunk of networks, never materialized
+    batches = _eval_share(recipe.eval_dataloader)  # streamed once per evaluated chunk of networks, never materialized
+    spread = dist.get_world_size() > 1
     # BatchNorm statistics are recomputed on a fixed, un-augmented subsample of the training set.
     recal = fixed_subsample(recipe.sweep_data, min(1024, len(recipe.sweep_data)), 256) if recalibrate_bn else None
     weights = {}
@@ -142,7 +152,7 @@ def analyze_run(
 
     point = {l: cache.get(f'level_{l:02d}', [l]) for l in levels}
     todo = [l for l in levels if point[l] is None]
-    for l, p in zip(todo, evaluate(model, [weights[l] for l in todo], batches, recalibrate_bn, recal) if todo else []):
+    for l, p in zip(todo, evaluate(model, [weights[l] for l in todo], batches, recalibrate_bn, recal, spread) if todo else []):
         point[l] = cache.put(f'level_{l:02d}', [l], p)  # all missing levels in one pass over the data
     point = [point[l] for l in levels]
     dense_error = point[0]['error']
@@ -153,7 +163,7 @@ def analyze_run(
     successive = []
     def path_between(a: int, b: int) -> dict:
         return cache.path(f'path_{a:02d}_{b:02d}', [a, b],
-                          lambda: linear_path(model, weights[a], weights[b], batches, betas, recalibrate_bn, recal))
+                          lambda: linear_path(model, weights[a], weights[b], batches, betas, recalibrate_bn, recal, spread))
 
     for a, b in zip(levels, levels[1:]):
         path = path_between(a, b)
@@ -183,7 +193,7 @@ def analyze_run(
                 mask = torch.load(folder.mask(b), map_location='cpu', weights_only=True)
                 projection = {k: (v * mask[k].to(v.dtype) if k in mask else v) for k, v in weights[a].items()}
                 return plane_slice(model, weights[a], projection, weights[b], batches, set(mask), planes,
-                                   recalibrate_bn=recalibrate_bn, recalibration_batches=recal)
+                                   recalibrate_bn=recalibrate_bn, recalibration_batches=recal, all_reduce=spread)
             plane_results.append({'level': a, **cache.path(f'plane_{a:02d}_{planes}', [a, b], compute)})
 
     result = {
@@ -193,13 +203,28 @@ def analyze_run(
         'pairwise': {'levels': levels, 'max_error': max_err, 'barrier': barrier},
         'connected_iff_matching': all(s['connected'] == s['both_matching'] for s in successive),
     }
-    os.makedirs(out, exist_ok=True)
-    atomic_write_text(json.dumps(result, indent=2), os.path.join(out, 'analysis.json'))
-    if cache.reused:
-        print(f'[composer-imp] analysis reused {cache.reused} finished evaluation(s) from {cache.dir}', flush=True)
-    from composer_imp.plots import plot_landscape_report
-    plot_landscape_report(result, out)
+    if dist.get_global_rank() == 0:
+        os.makedirs(out, exist_ok=True)
+        atomic_write_text(json.dumps(result, indent=2), os.path.join(out, 'analysis.json'))
+        if cache.reused:
+            print(f'[composer-imp] analysis reused {cache.reused} finished evaluation(s) from {cache.dir}', flush=True)
+        from composer_imp.plots import plot_landscape_report
+        plot_landscape_report(result, out)
     return result
+
+
+def _eval_share(loader: Any) -> Any:
+    """This rank's disjoint, unpadded share of the eval set (the whole set in a single process).
+
+    Under Composer's launcher every rank evaluates every network on its share and the sums are all-reduced,
+    so the grid of a 2-D slice (and every path) is split evenly over ranks with each example counted once.
+    """
+    world = dist.get_world_size()
+    dataset = getattr(loader, 'dataset', None)
+    if world == 1 or dataset is None:  # FFCV: each rank already reads an unpadded strided share
+        return loader
+    share = Subset(dataset, range(dist.get_global_rank(), len(dataset), world))
+    return DataLoader(share, batch_size=loader.batch_size, num_workers=loader.num_workers)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

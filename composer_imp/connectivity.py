@@ -43,9 +43,13 @@ def linear_path(
     betas: Sequence[float] = DEFAULT_BETAS,
     recalibrate_bn: bool = False,
     recalibration_batches: Optional[Sequence] = None,
+    all_reduce: bool = False,
 ) -> dict:
-    """Loss and error along ``(1-β) a + β b``; returns ``{'betas', 'errors', 'losses', 'barrier', 'max_error'}``."""
-    results = evaluate(model, interpolate(a, b, betas), batches, recalibrate_bn, recalibration_batches)
+    """Loss and error along ``(1-β) a + β b``; returns ``{'betas', 'errors', 'losses', 'barrier', 'max_error'}``.
+
+    ``all_reduce``: ``batches`` is this rank's share of the data (see :func:`composer_imp.evaluate.evaluate`).
+    """
+    results = evaluate(model, interpolate(a, b, betas), batches, recalibrate_bn, recalibration_batches, all_reduce)
     errors = [r['error'] for r in results]
     return {'betas': [float(x) for x in betas], 'errors': errors, 'losses': [r['loss'] for r in results],
             'barrier': error_barrier(errors, betas), 'max_error': max(errors)}
@@ -102,11 +106,13 @@ def plane_slice(
     chunk: int = 32,
     recalibrate_bn: bool = False,
     recalibration_batches: Optional[Sequence] = None,
+    all_reduce: bool = False,
 ) -> dict:
     """Test error on a ``grid × grid`` slice of the plane through three networks (Figure 3 of the paper).
 
     Coordinates: ``origin`` at (0, 0), ``u_end`` at (1, 0), ``v_end`` at (0, 1). Points are evaluated
-    ``chunk`` at a time through :func:`composer_imp.evaluate.evaluate` (one pass over the data per chunk).
+    ``chunk`` at a time through :func:`composer_imp.evaluate.evaluate` (one pass over the data per chunk); with
+    ``all_reduce`` under Composer's launcher each rank evaluates every point on its share of the data.
     """
     coords = [span[0] + (span[1] - span[0]) * i / (grid - 1) for i in range(grid)]
     errors = [[0.0] * grid for _ in range(grid)]
@@ -114,6 +120,6 @@ def plane_slice(
     for start in range(0, len(cells), chunk):
         part = cells[start:start + chunk]
         points = [plane_point(origin, u_end, v_end, coords[i], coords[j], prunable) for i, j in part]
-        for (i, j), r in zip(part, evaluate(model, points, batches, recalibrate_bn, recalibration_batches)):
+        for (i, j), r in zip(part, evaluate(model, points, batches, recalibrate_bn, recalibration_batches, all_reduce)):
             errors[j][i] = r['error']
     return {'alphas': coords, 'betas': coords, 'errors': errors}

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import torch
 from composer.models import ComposerModel
+from composer.utils import dist
 from torch import nn
 from torch.func import functional_call
 from torch.utils.data import default_collate
@@ -98,8 +99,12 @@ def evaluate(
     batches: Sequence,
     recalibrate_bn: bool = False,
     recalibration_batches: Optional[Sequence] = None,
+    all_reduce: bool = False,
 ) -> list[dict[str, float]]:
     """Mean loss (``model.loss``) and classification error of ``model`` under each weight set, in eval mode.
+
+    ``all_reduce=True`` (under Composer's launcher): ``batches`` is this rank's share of the data (disjoint,
+    unpadded); the sums are added over ranks, so every rank returns the result over all the data.
 
     Each weight set must name every parameter and buffer of ``model`` (a ``state_dict``); the model's
     own tensors are untouched. ``batches`` is a list or a loader (re-iterable; streamed batch by batch, so an
@@ -130,6 +135,10 @@ def evaluate(
             count += n
     finally:
         model.train(was_training)
+    if all_reduce and dist.get_world_size() > 1:
+        totals = torch.tensor([*losses, *wrong, count], dtype=torch.float64, device=device)
+        dist.all_reduce(totals)  # float64 holds the integer counts exactly
+        losses, wrong, count = totals[:len(losses)].tolist(), totals[len(losses):-1].tolist(), int(totals[-1])
     count = max(count, 1)
     return [{'loss': l / count, 'error': w / count} for l, w in zip(losses, wrong)]
 

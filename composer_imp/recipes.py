@@ -202,11 +202,13 @@ def run_config(cfg: DictConfig, overwrite: Optional[bool] = None) -> list:
     a = cfg.analysis
     if cfg.replicates == 1:
         rows = _run_levels(recipe, cfg.save_folder, overwrite)
-        if a.enabled and dist.get_global_rank() == 0:
+        if a.enabled:  # every rank: the evaluations are spread over them
             from composer_imp.analyze import analyze_run
-            result = analyze_run(cfg.save_folder, list(a.betas), a.tolerance, a.recalibrate_bn, a.pairwise, a.planes)
-            print(f'[composer-imp] analysis written to {cfg.save_folder}/analysis; '
-                  f'connected iff matching: {result["connected_iff_matching"]}', flush=True)
+            result = analyze_run(cfg.save_folder, list(a.betas), a.tolerance, a.recalibrate_bn, a.pairwise, a.planes,
+                                 recipe=recipe)
+            if dist.get_global_rank() == 0:
+                print(f'[composer-imp] analysis written to {cfg.save_folder}/analysis; '
+                      f'connected iff matching: {result["connected_iff_matching"]}', flush=True)
         return rows
     if os.path.isfile(os.path.join(cfg.save_folder, 'config.yaml')):
         raise ConfigError(f'save_folder={cfg.save_folder} holds a single IMP run; replicates={cfg.replicates} live in '
@@ -219,8 +221,10 @@ def run_config(cfg: DictConfig, overwrite: Optional[bool] = None) -> list:
             print(f'[composer-imp] replicate {i + 1}/{cfg.replicates}: seed {base_seed + i}, {folder}', flush=True)
         runs.append(_run_levels(recipe, folder, overwrite))
     recipe.reseed(base_seed)
+    if a.enabled:
+        result = analyze_replicates(cfg.save_folder, list(a.betas), a.tolerance, a.recalibrate_bn, a.pairwise, a.planes,
+                                    recipe=recipe)
     if a.enabled and dist.get_global_rank() == 0:
-        result = analyze_replicates(cfg.save_folder, list(a.betas), a.tolerance, a.recalibrate_bn, a.pairwise, a.planes)
         print(f'[composer-imp] replicate analysis written to {cfg.save_folder}/analysis/replicates.md; ε = '
               f'{100 * result["epsilon"]:.2f} points; connected iff matching: {result["connected_iff_matching"]}', flush=True)
     return runs

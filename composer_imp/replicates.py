@@ -30,7 +30,9 @@ import glob
 import json
 import os
 import statistics
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
+
+from composer.utils import dist
 
 from composer_imp.artifacts import RunFolder, atomic_write_text
 from composer_imp.connectivity import DEFAULT_BETAS
@@ -62,6 +64,7 @@ def analyze_replicates(
     pairwise: bool = True,
     planes: int = 0,
     overwrite: bool = False,
+    recipe: Any = None,
 ) -> dict:
     """Analyse every replicate of ``save_folder`` with tolerance ε (or ``tolerance``) and aggregate; see the module doc."""
     from composer_imp.analyze import analyze_run
@@ -81,7 +84,7 @@ def analyze_replicates(
     dense = [1.0 - s[0]['accuracy'] for s in summaries]
     epsilon = statistics.stdev(dense)
     tol = epsilon if tolerance is None else float(tolerance)
-    per_run = [analyze_run(f, betas, tol, recalibrate_bn, pairwise, planes, overwrite=overwrite) for f in folders]
+    per_run = [analyze_run(f, betas, tol, recalibrate_bn, pairwise, planes, overwrite, recipe) for f in folders]
 
     common = sorted(set.intersection(*(set(r['level'] for r in a['levels']) for a in per_run)))
     dense_error = _stats([a['levels'][0]['error'] for a in per_run])
@@ -110,11 +113,12 @@ def analyze_replicates(
         'levels': level_rows, 'successive': successive,
         'connected_iff_matching': all(s['connected'] == s['both_matching'] for s in successive),
     }
-    out = os.path.join(save_folder, 'analysis')
-    os.makedirs(out, exist_ok=True)
-    atomic_write_text(json.dumps(result, indent=2), os.path.join(out, 'replicates.json'))
-    from composer_imp.plots import plot_replicates
-    plot_replicates(result, out)
+    if dist.get_global_rank() == 0:
+        out = os.path.join(save_folder, 'analysis')
+        os.makedirs(out, exist_ok=True)
+        atomic_write_text(json.dumps(result, indent=2), os.path.join(out, 'replicates.json'))
+        from composer_imp.plots import plot_replicates
+        plot_replicates(result, out)
     return result
 
 

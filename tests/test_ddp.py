@@ -152,3 +152,27 @@ def test_streaming_and_ffcv_loaders_give_each_rank_its_own_samples_and_evaluate_
         assert len(set(dumps[0]['eval_images']) | set(dumps[1]['eval_images'])) == len(val_images) == 21
         counted = [d['eval_counted'] for d in dumps]
         assert len(counted[0]) == 1 and counted[0][0] + counted[1][0] == 21, counted
+
+
+def test_analysis_under_two_ranks_splits_the_data_and_equals_the_single_process_analysis(tmp_path):
+    """`composer -n 2 -m composer_imp.analyze`: every path and plane point evaluated on half the eval set per rank,
+    sums all-reduced: the same errors as one process (an odd eval set: no example counted twice)."""
+    run = tmp_path / 'run'
+    args = ['-f', os.path.join(ROOT, 'yamls', 'quickstart.yaml'), f'save_folder={run}', *TINY, 'data.eval_subset=359']
+    proc = _run([sys.executable, os.path.join(ROOT, 'run.py'), *args])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    options = ['--betas', '0,0.5,1', '--planes', '4']
+    single = _run([sys.executable, '-m', 'composer_imp.analyze', str(run), *options])
+    assert single.returncode == 0, single.stderr[-3000:]
+    expected = json.loads((run / 'analysis' / 'analysis.json').read_text())
+    (run / 'analysis').rename(tmp_path / 'single')
+    cmd = [sys.executable, '-m', 'composer.cli.launcher', '-n', '2', '--master_port', '29620', '--stdout',
+           str(tmp_path / 'an{rank}.out'), '--stderr', str(tmp_path / 'an{rank}.err'), '-m', 'composer_imp.analyze', str(run), *options]
+    proc = _run(cmd)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + _logs(tmp_path)[-4000:]
+    got = json.loads((run / 'analysis' / 'analysis.json').read_text())
+    assert [r['error'] for r in got['levels']] == [r['error'] for r in expected['levels']]
+    for a, b in zip(got['successive'], expected['successive']):
+        assert a['errors'] == b['errors'] and a['losses'] == pytest.approx(b['losses'], rel=1e-5)
+    assert [p['errors'] for p in got['planes']] == [p['errors'] for p in expected['planes']]
+    assert got['pairwise']['barrier'] == expected['pairwise']['barrier']
