@@ -6,8 +6,10 @@ import sys
 import torch
 from composer import Callback
 from composer.utils import dist
+from omegaconf import OmegaConf
 
 from composer_imp.algorithms import KeepMask
+from composer_imp.analyze import analyze_run
 from composer_imp.config import load_config
 from composer_imp.masks import unwrap_model
 from composer_imp.orchestrator import LevelOrchestrator
@@ -53,8 +55,12 @@ def main(yaml, out, *overrides):
         kwargs['callbacks'] = kwargs['callbacks'] + [DumpRankState(out, level)]
         return kwargs
 
-    LevelOrchestrator(recipe.model_fn, trainer_kwargs_fn, cfg.save_folder, recipe.imp, device=recipe.device,
+    config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != 'overwrite'}
+    LevelOrchestrator(recipe.model_fn, trainer_kwargs_fn, cfg.save_folder, recipe.imp, config=config, device=recipe.device,
                       sweep_data=recipe.sweep_data).run()
+    if cfg.analysis.enabled:  # on every rank, as run.py does
+        a = cfg.analysis
+        analyze_run(cfg.save_folder, list(a.betas), a.tolerance, a.recalibrate_bn, a.pairwise, a.planes, recipe=recipe)
 
 
 if __name__ == '__main__':

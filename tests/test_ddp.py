@@ -50,13 +50,14 @@ def _assert_ranks_agree(out, run, levels):
                 assert torch.all(r0['weights'][k][~m] == 0)
 
 
-def test_two_ranks_hold_identical_masks_weights_and_adaptive_ratios(tmp_path):
+def test_two_ranks_hold_identical_masks_weights_and_adaptive_ratios_and_split_the_analysis(tmp_path):
     out = tmp_path / 'dump'
     out.mkdir()
     run = tmp_path / 'run'
+    analysis = ['analysis.enabled=true', 'analysis.betas=[0,0.5,1]', 'analysis.planes=4']
     proc = _run(_launch(tmp_path, _script(out, f'save_folder={run}', *TINY, 'imp.adaptive.enabled=true',
                                           'imp.adaptive.subsample=128', 'imp.adaptive.batch_size=64',
-                                          'data.eval_subset=359', 'eval_interval=2ep'), 29613))
+                                          'data.eval_subset=359', 'eval_interval=2ep', *analysis), 29613))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + _logs(tmp_path)[-4000:]
     _assert_ranks_agree(out, run, 3)
     rows = json.loads((run / 'summary.json').read_text())['levels']
@@ -65,6 +66,19 @@ def test_two_ranks_hold_identical_masks_weights_and_adaptive_ratios(tmp_path):
         seen = [torch.load(out / f'rank{r}_level{level}.pt', weights_only=True)['eval_seen'] for r in (0, 1)]
         assert seen == [180, 179], seen  # the sampler pads rank 1 by one example; Composer's eval loop drops it
     assert all(r['sweep'] and r['ratio'] == max(r['sweep']['chosen'] or 0, 0.5) for r in rows[1:])
+
+    # The analysis after the levels ran on both ranks, each evaluating every path and plane point on its half of
+    # the odd-sized eval set with the sums all-reduced: it equals the single-process analysis of the same run.
+    two_ranks = json.loads((run / 'analysis' / 'analysis.json').read_text())
+    (run / 'analysis').rename(tmp_path / 'two_ranks_analysis')
+    single = _run([sys.executable, '-m', 'composer_imp.analyze', str(run), '--betas', '0,0.5,1', '--planes', '4'])
+    assert single.returncode == 0, single.stderr[-3000:]
+    expected = json.loads((run / 'analysis' / 'analysis.json').read_text())
+    assert [r['error'] for r in two_ranks['levels']] == [r['error'] for r in expected['levels']]
+    for a, b in zip(two_ranks['successive'], expected['successive']):
+        assert a['errors'] == b['errors'] and a['losses'] == pytest.approx(b['losses'], rel=1e-5)
+    assert [p['errors'] for p in two_ranks['planes']] == [p['errors'] for p in expected['planes']]
+    assert two_ranks['pairwise']['barrier'] == expected['pairwise']['barrier']
 
 
 def test_world_size_that_does_not_divide_the_batch_is_refused(tmp_path):
@@ -153,26 +167,3 @@ def test_streaming_and_ffcv_loaders_give_each_rank_its_own_samples_and_evaluate_
         counted = [d['eval_counted'] for d in dumps]
         assert len(counted[0]) == 1 and counted[0][0] + counted[1][0] == 21, counted
 
-
-def test_analysis_under_two_ranks_splits_the_data_and_equals_the_single_process_analysis(tmp_path):
-    """`composer -n 2 -m composer_imp.analyze`: every path and plane point evaluated on half the eval set per rank,
-    sums all-reduced: the same errors as one process (an odd eval set: no example counted twice)."""
-    run = tmp_path / 'run'
-    args = ['-f', os.path.join(ROOT, 'yamls', 'quickstart.yaml'), f'save_folder={run}', *TINY, 'data.eval_subset=359']
-    proc = _run([sys.executable, os.path.join(ROOT, 'run.py'), *args])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    options = ['--betas', '0,0.5,1', '--planes', '4']
-    single = _run([sys.executable, '-m', 'composer_imp.analyze', str(run), *options])
-    assert single.returncode == 0, single.stderr[-3000:]
-    expected = json.loads((run / 'analysis' / 'analysis.json').read_text())
-    (run / 'analysis').rename(tmp_path / 'single')
-    cmd = [sys.executable, '-m', 'composer.cli.launcher', '-n', '2', '--master_port', '29620', '--stdout',
-           str(tmp_path / 'an{rank}.out'), '--stderr', str(tmp_path / 'an{rank}.err'), '-m', 'composer_imp.analyze', str(run), *options]
-    proc = _run(cmd)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + _logs(tmp_path)[-4000:]
-    got = json.loads((run / 'analysis' / 'analysis.json').read_text())
-    assert [r['error'] for r in got['levels']] == [r['error'] for r in expected['levels']]
-    for a, b in zip(got['successive'], expected['successive']):
-        assert a['errors'] == b['errors'] and a['losses'] == pytest.approx(b['losses'], rel=1e-5)
-    assert [p['errors'] for p in got['planes']] == [p['errors'] for p in expected['planes']]
-    assert got['pairwise']['barrier'] == expected['pairwise']['barrier']
