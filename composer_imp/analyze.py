@@ -98,6 +98,9 @@ def analyze_run(
 
     ``recipe``: the :class:`~composer_imp.recipes.Recipe` the run was trained with, when analysing in the same
     process (its loaders are reused: Streaming allows one dataset per folder); default: rebuilt from ``config.yaml``.
+    A run made from Python with :func:`~composer_imp.orchestrator.find_ticket` passes any object with its
+    ``model_fn``, ``trainer_kwargs_fn`` and ``eval_dataloader`` (and optionally ``sweep_data``: un-augmented
+    training examples for ``recalibrate_bn``; default the training loader's dataset).
 
     ``planes > 0`` adds, for each successive pair (L, L+1), the ``planes × planes`` error slice of the plane
     through ``w_L``, its projection ``m_{L+1} ⊙ w_L`` and ``w_{L+1}`` (Figure 3).
@@ -129,15 +132,19 @@ def analyze_run(
             raise ValueError(f'{previous} was made with other settings ({"; ".join(changed)}). Run with the same '
                              'settings to resume or extend it, or replace it with `python -m composer_imp.analyze '
                              f'{folder.root} --overwrite ...` (overwrite=True in Python).')
-    cfg = config_from_dict(OmegaConf.to_container(OmegaConf.load(folder.config), resolve=True))
-    recipe = recipe or build_recipe(cfg)
+    if recipe is None:
+        recipe = build_recipe(config_from_dict(OmegaConf.to_container(OmegaConf.load(folder.config), resolve=True)))
     model = recipe.model_fn()
     from composer_imp.orchestrator import apply_model_surgery
-    apply_model_surgery(model, recipe.trainer_kwargs_fn(model, 0)['algorithms'])  # same parameter names as the run
+    kwargs = recipe.trainer_kwargs_fn(model, 0)
+    apply_model_surgery(model, kwargs.get('algorithms') or [])  # the run's parameter names
     batches = _eval_share(recipe.eval_dataloader)  # streamed once per evaluated chunk of networks, never materialized
     spread = dist.get_world_size() > 1
     # BatchNorm statistics are recomputed on a fixed, un-augmented subsample of the training set.
-    recal = fixed_subsample(recipe.sweep_data, min(1024, len(recipe.sweep_data)), 256) if recalibrate_bn else None
+    recal = None
+    if recalibrate_bn:
+        data = getattr(recipe, 'sweep_data', None) or kwargs['train_dataloader'].dataset
+        recal = fixed_subsample(data, min(1024, len(data)), 256)
     weights = {}
     for level in levels:
         w = folder.load_weights(level)

@@ -107,6 +107,18 @@ def test_user_recipe_gets_imp_with_all_outputs(tmp_path, user_loaders):
         find_ticket(model_fn, trainer_kwargs_fn, str(tmp_path), IMPConfig(levels=4, ratio=0.5, rewind='5ba'))
     assert (tmp_path / 'summary.json').read_bytes() == before
 
+    # The landscape analysis of a Python-API run, with the user's own model and loaders.
+    from types import SimpleNamespace
+    from composer_imp.analyze import analyze_run
+    mine = SimpleNamespace(model_fn=model_fn, trainer_kwargs_fn=trainer_kwargs_fn, eval_dataloader=user_loaders[1])
+    analysis = analyze_run(str(tmp_path), betas=[0.0, 0.5, 1.0], pairwise=False, recipe=mine)
+    assert [r['level'] for r in analysis['levels']] == [0, 1, 2, 3, 4] and len(analysis['successive']) == 4
+    for r, row in zip(analysis['levels'], more):  # the same test error the Trainer measured
+        assert r['error'] == pytest.approx(1 - row['accuracy'], abs=1e-6)
+    recal = analyze_run(str(tmp_path), betas=[0.0, 0.5, 1.0], recalibrate_bn=True, pairwise=False, recipe=mine,
+                        overwrite=True)  # BatchNorm statistics from the training loader's dataset
+    assert recal['recalibrate_bn'] and recal['levels'][0]['loss'] != analysis['levels'][0]['loss']
+
 
 def test_reserved_trainer_kwargs_are_refused(tmp_path, user_loaders):
     model_fn, kwargs_fn = _recipe(user_loaders, [])
