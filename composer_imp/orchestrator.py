@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 # The orchestrator owns these: each level loads the rewind point and writes into its own folder.
 RESERVED_TRAINER_KWARGS = ('model', 'load_path', 'load_weights_only', 'save_folder', 'autoresume', 'run_name')
 # Keys a re-run may change without mixing runs: more levels extend a finished run, and a run folder may move.
-RESUMABLE_KEYS = ('imp.levels', 'progress_bar', 'save_folder', 'analysis')  # 'analysis' covers analysis.*
+RESUMABLE_KEYS = ('imp.levels', 'progress_bar', 'save_folder', 'analysis', 'replicates')  # 'analysis': analysis.*
 
 
 @dataclass
