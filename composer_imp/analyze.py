@@ -118,6 +118,8 @@ def analyze_run(
                          'levels 0 and 1 (level_XX/level.json, mask.pt and weights.pt).')
     if 0.0 not in betas or 1.0 not in betas:
         raise ValueError('--betas must include 0 and 1.')
+    if tolerance is None:  # a replicate keeps the ε of its replicate analysis; a single run 0.01
+        tolerance = _replicate_epsilon(folder.root)
     tolerance = 0.01 if tolerance is None else float(tolerance)
     out = os.path.join(folder.root, 'analysis')
     settings = {'tolerance': tolerance, 'betas': [float(b) for b in betas], 'recalibrate_bn': recalibrate_bn,
@@ -126,8 +128,9 @@ def analyze_run(
     if os.path.isfile(previous) and not overwrite:
         with open(previous) as f:
             old = json.load(f)
-        old = old.get('settings', {})
-        changed = [f'{k}: {old.get(k)!r} -> {settings[k]!r}' for k in SETTINGS if old.get(k) != settings[k]]
+        # (an analysis.json from before settings were recorded has tolerance, betas and recalibrate_bn on top)
+        old, keys = (old['settings'], SETTINGS) if 'settings' in old else (old, SETTINGS[:3])
+        changed = [f'{k}: {old.get(k)!r} -> {settings[k]!r}' for k in keys if old.get(k) != settings[k]]
         if changed:
             raise ValueError(f'{previous} was made with other settings ({"; ".join(changed)}). Run with the same '
                              'settings to resume or extend it, or replace it with `python -m composer_imp.analyze '
@@ -138,12 +141,14 @@ def analyze_run(
     from composer_imp.orchestrator import apply_model_surgery
     kwargs = recipe.trainer_kwargs_fn(model, 0)
     apply_model_surgery(model, kwargs.get('algorithms') or [])  # the run's parameter names
+    model.to(_device(getattr(recipe, 'device', None) or kwargs.get('device')))  # NCCL all-reduces GPU tensors only
     batches = _eval_share(recipe.eval_dataloader)  # streamed once per evaluated chunk of networks, never materialized
     spread = dist.get_world_size() > 1
     # BatchNorm statistics are recomputed on a fixed, un-augmented subsample of the training set.
     recal = None
     if recalibrate_bn:
-        data = getattr(recipe, 'sweep_data', None) or kwargs['train_dataloader'].dataset
+        from composer_imp.data import without_augmentation
+        data = getattr(recipe, 'sweep_data', None) or without_augmentation(kwargs['train_dataloader'].dataset)
         recal = fixed_subsample(data, min(1024, len(data)), 256)
     weights = {}
     for level in levels:
@@ -154,8 +159,13 @@ def analyze_run(
                              f'missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}.')
         weights[level] = w
     rows = {r['level']: r for r in map(folder.read_row, levels)}
+    # Cached numbers are reused only for the same weights, β grid, BatchNorm policy and eval data.
+    eval_data = getattr(recipe.eval_dataloader, 'dataset', None)
+    described = {'loader': type(eval_data or recipe.eval_dataloader).__name__,
+                 'examples': len(eval_data) if eval_data is not None else None,
+                 'data': OmegaConf.to_container(OmegaConf.load(folder.config)).get('data')}
     cache = _Cache(out, {l: rows[l]['manifest']['weights.pt'] for l in levels},
-                   {k: settings[k] for k in ('betas', 'recalibrate_bn')})
+                   {'betas': settings['betas'], 'recalibrate_bn': recalibrate_bn, 'eval': described})
 
     point = {l: cache.get(f'level_{l:02d}', [l]) for l in levels}
     todo = [l for l in levels if point[l] is None]
@@ -220,6 +230,24 @@ def analyze_run(
     return result
 
 
+def _replicate_epsilon(root: str) -> Optional[float]:
+    """ε of the replicate analysis of the folder above ``root``, if ``root`` is one of its replicates."""
+    path = os.path.join(os.path.dirname(os.path.abspath(root)), 'analysis', 'replicates.json')
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return result['tolerance'] if os.path.basename(os.path.abspath(root)) in result.get('replicates', []) else None
+
+
+def _device(requested: Optional[str]) -> torch.device:
+    """The local accelerator when there is one and the run did not ask for the CPU (one GPU per rank)."""
+    if requested != 'cpu' and torch.cuda.is_available():
+        return torch.device('cuda', dist.get_local_rank())
+    return torch.device('cpu')
+
+
 def _eval_share(loader: Any) -> Any:
     """This rank's disjoint, unpadded share of the eval set (the whole set in a single process).
 
@@ -231,7 +259,7 @@ def _eval_share(loader: Any) -> Any:
     if world == 1 or dataset is None:  # FFCV: each rank already reads an unpadded strided share
         return loader
     share = Subset(dataset, range(dist.get_global_rank(), len(dataset), world))
-    return DataLoader(share, batch_size=loader.batch_size, num_workers=loader.num_workers)
+    return DataLoader(share, batch_size=loader.batch_size, num_workers=loader.num_workers, collate_fn=loader.collate_fn)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -154,12 +154,17 @@ def apply_model_surgery(model: ComposerModel, algorithms: Any, optimizers: Any =
 
 
 def _restart_dataset_epochs(kwargs: dict) -> None:
-    """Datasets that count their own epochs (MosaicML Streaming) are reused across levels; set their counter back
-    to 0 so the position restored from the rewind checkpoint (an earlier epoch) is not discarded as stale."""
+    """Loaders that count their own epochs are reused across levels (and replicates); set their counter back to 0.
+
+    MosaicML Streaming: the position restored from the rewind checkpoint (an earlier epoch) would otherwise be
+    discarded as stale. FFCV: Composer spins a loader once per past epoch when it resumes at τ, which brings the
+    counter to τ's epoch, so a level reads the dense run's epoch orders from τ on.
+    """
     for key in ('train_dataloader', 'eval_dataloader'):
-        dataset = getattr(kwargs.get(key), 'dataset', None)
-        if dataset is not None and hasattr(type(dataset), 'next_epoch'):
-            dataset.next_epoch = 0
+        loader = kwargs.get(key)
+        for counter in (getattr(loader, 'dataset', None), loader):
+            if counter is not None and hasattr(counter, 'next_epoch'):
+                counter.next_epoch = 0
 
 
 def _batches_per_epoch(kwargs: dict) -> Optional[int]:

@@ -31,6 +31,7 @@ from composer.models import ComposerModel
 from composer.utils import dist, reproducibility
 from omegaconf import DictConfig, OmegaConf
 
+from composer_imp.artifacts import RunFolder
 from composer_imp.config import ConfigError
 from composer_imp.data import _per_rank, make_loaders
 from composer_imp.masks import full_mask
@@ -98,6 +99,7 @@ class Recipe:
                 data_name, data_kwargs, loader_kwargs, seed=cfg.seed)
         except (ValueError, TypeError) as e:
             raise ConfigError(str(e)) from None
+        self._first_seed, self._data_offset = cfg.seed, 0  # see reseed()
         self.model_name, self.model_kwargs = _split(cfg.model)
         self.imp = IMPConfig(**OmegaConf.to_container(cfg.imp, resolve=True))
         self._validate()
@@ -108,17 +110,27 @@ class Recipe:
         The loaders are kept (Streaming allows one dataset per folder per process); their shuffling seeds move
         by the same offset as the run's seed.
         """
-        offset = seed - self.cfg.seed
+        # Data seeds move by a large stride: orders are drawn from (data seed + epoch), so a stride of 1 would give
+        # replicate i at epoch e the order of replicate 0 at epoch e + i.
+        offset = (seed - self._first_seed) * 1_000_003 - self._data_offset
+        self._data_offset += offset
         self.cfg.seed = seed
-        sampler = getattr(self.train_dataloader, 'sampler', None)
+        loader = self.train_dataloader
+        sampler = getattr(loader, 'sampler', None)
         if hasattr(sampler, 'seed'):  # Composer's DistributedSampler
             sampler.seed += offset
-        dataset = getattr(self.train_dataloader, 'dataset', None)
+        dataset = getattr(loader, 'dataset', None)
         if hasattr(dataset, 'shuffle_seed'):  # StreamingDataset
             dataset.shuffle_seed += offset
-        order = getattr(self.train_dataloader, 'traversal_order', None)
-        if getattr(order, 'seed', None) is not None:  # FFCV
+        order = getattr(loader, 'traversal_order', None)
+        if getattr(order, 'seed', None) is not None:  # FFCV, and its per-rank sampler under the launcher
             order.seed += offset
+            if getattr(order, 'sampler', None) is not None:
+                order.sampler.seed += offset
+        iterator = getattr(loader, '_iterator', None)
+        if iterator is not None:  # persistent workers hold copies of the dataset made with the old seeds
+            iterator._shutdown_workers()
+            loader._iterator = None
 
     # The two functions the orchestrator calls ------------------------------------------------
     def model_fn(self) -> ComposerModel:
@@ -211,8 +223,11 @@ def run_config(cfg: DictConfig, overwrite: Optional[bool] = None) -> list:
                       f'connected iff matching: {result["connected_iff_matching"]}', flush=True)
         return rows
     if os.path.isfile(os.path.join(cfg.save_folder, 'config.yaml')):
-        raise ConfigError(f'save_folder={cfg.save_folder} holds a single IMP run; replicates={cfg.replicates} live in '
-                          'their own folder (replicate_XX inside save_folder). Choose another save_folder.')
+        if not overwrite:
+            raise ConfigError(f'save_folder={cfg.save_folder} holds a single IMP run; replicates={cfg.replicates} live in '
+                              'their own folder (replicate_XX inside save_folder). Choose another save_folder, or '
+                              '--overwrite to delete that run.')
+        RunFolder(cfg.save_folder).clear()
     base_seed, runs = cfg.seed, []
     for i in range(cfg.replicates):
         recipe.reseed(base_seed + i)

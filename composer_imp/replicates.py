@@ -15,7 +15,8 @@ own ``analysis/``). ``python -m composer_imp.analyze SAVE_FOLDER`` on such a fol
 
 ``replicates.json`` schema::
 
-    {"replicates": [str], "seeds": [int], "epsilon": float, "tolerance": float,
+    {"settings": {"tolerance": float | null, "betas", "recalibrate_bn", "pairwise", "plane_grid"},
+     "replicates": [str], "seeds": [int], "epsilon": float, "tolerance": float,
      "dense_error": {"mean", "std", "values"},
      "levels": [{"level", "weights_remaining": {"mean", "std", "values"}, "error": {"mean", "std", "values"},
                  "matching": bool, "matching_fraction": float}],
@@ -69,6 +70,17 @@ def analyze_replicates(
     """Analyse every replicate of ``save_folder`` with tolerance ε (or ``tolerance``) and aggregate; see the module doc."""
     from composer_imp.analyze import analyze_run
 
+    out = os.path.join(save_folder, 'analysis')
+    settings = {'tolerance': tolerance, 'betas': [float(b) for b in betas], 'recalibrate_bn': recalibrate_bn,
+                'pairwise': pairwise, 'plane_grid': planes}
+    previous = os.path.join(out, 'replicates.json')
+    if os.path.isfile(previous) and not overwrite:
+        with open(previous) as f:
+            old = json.load(f).get('settings', {})
+        changed = [f'{k}: {old.get(k)!r} -> {v!r}' for k, v in settings.items() if old.get(k) != v]
+        if changed:
+            raise ValueError(f'{previous} was made with other settings ({"; ".join(changed)}). Run with the same '
+                             f'settings, or replace it with `python -m composer_imp.analyze {save_folder} --overwrite ...`.')
     folders = replicate_folders(save_folder)
     if len(folders) < 2:
         raise ValueError(f'{save_folder} holds {len(folders)} replicate run(s) (replicate_XX/config.yaml); the '
@@ -84,7 +96,9 @@ def analyze_replicates(
     dense = [1.0 - s[0]['accuracy'] for s in summaries]
     epsilon = statistics.stdev(dense)
     tol = epsilon if tolerance is None else float(tolerance)
-    per_run = [analyze_run(f, betas, tol, recalibrate_bn, pairwise, planes, overwrite, recipe) for f in folders]
+    # Each replicate's analysis follows this one: its tolerance moves with ε as replicates are added (the cached
+    # evaluations do not depend on it), so it is rewritten rather than refused.
+    per_run = [analyze_run(f, betas, tol, recalibrate_bn, pairwise, planes, True, recipe) for f in folders]
 
     common = sorted(set.intersection(*(set(r['level'] for r in a['levels']) for a in per_run)))
     dense_error = _stats([a['levels'][0]['error'] for a in per_run])
@@ -107,6 +121,7 @@ def analyze_replicates(
                            'connected_fraction': sum(p['connected'] for p in paths) / len(paths),
                            'both_matching': matching[a] and matching[b]})
     result = {
+        'settings': settings,
         'replicates': [os.path.basename(f) for f in folders],
         'seeds': [_seed(f) for f in folders],
         'epsilon': epsilon, 'tolerance': tol, 'dense_error': dense_error,
@@ -114,7 +129,6 @@ def analyze_replicates(
         'connected_iff_matching': all(s['connected'] == s['both_matching'] for s in successive),
     }
     if dist.get_global_rank() == 0:
-        out = os.path.join(save_folder, 'analysis')
         os.makedirs(out, exist_ok=True)
         atomic_write_text(json.dumps(result, indent=2), os.path.join(out, 'replicates.json'))
         from composer_imp.plots import plot_replicates

@@ -143,7 +143,9 @@ def test_replicates_train_one_run_per_seed_and_define_matching_by_the_dense_spre
     from omegaconf import OmegaConf
     args = ['-f', f'{ROOT}/yamls/quickstart.yaml', f'save_folder={tmp_path / "reps"}', 'replicates=3', 'imp.levels=2',
             'max_duration=3ep', 'eval_interval=3ep', 'model.width=8', 'progress_bar=false', 'analysis.betas=[0,0.5,1]']
-    assert run.main(args) == 0
+    assert run.main([*args[:3], 'replicates=2', *args[4:]]) == 0
+    assert run.main(args) == 0  # a third replicate joins: ε and every replicate's tolerance move with it
+    assert 'already done' in capsys.readouterr().out
     folders = [tmp_path / 'reps' / f'replicate_{i:02d}' for i in range(3)]
     assert [OmegaConf.load(f / 'config.yaml').seed for f in folders] == [17, 18, 19]
     dense = [torch.load(f / 'level_00' / 'weights.pt', weights_only=True) for f in folders]
@@ -166,6 +168,9 @@ def test_replicates_train_one_run_per_seed_and_define_matching_by_the_dense_spre
     assert capsys.readouterr().out.count('already done') == 9
     assert (tmp_path / 'reps' / 'analysis' / 'replicates.json').read_text() == first
 
+    from composer_imp import analyze
+    assert analyze.main([str(folders[0]), '--betas', '0,0.5,1']) == 0  # one replicate alone keeps its ε
+    assert json.loads((folders[0] / 'analysis' / 'analysis.json').read_text())['tolerance'] == result['epsilon']
     assert run.main([*args[:2], f'save_folder={tmp_path / "reps" / "replicate_00"}', *args[3:]]) == 2
     assert 'holds a single IMP run' in capsys.readouterr().err
     assert run.main([*args[:3], 'replicates=0', *args[4:]]) == 2

@@ -124,3 +124,17 @@ def test_sweep_data_is_the_training_set_without_augmentation(tmp_path):
                                                                    'eval_resize': 36, 'eval_crop': 32}, {'batch_size': 2})
     assert torch.equal(sweep[1][0], sweep[1][0]) and tuple(sweep[1][0].shape) == (3, 32, 32)  # center crop, every time
     assert tuple(train_loader.dataset[1][0].shape) == (3, 24, 24)
+
+
+def test_reseed_moves_the_training_order_with_the_seed_and_back():
+    """Replicates share one recipe (and its loaders); each seed must get its own data order, and persistent
+    workers must not keep replaying the first replicate's."""
+    from composer_imp.config import load_config
+    from composer_imp.recipes import build_recipe
+    recipe = build_recipe(load_config(os.path.join(ROOT, 'yamls', 'quickstart.yaml'), ['data.num_workers=1']))
+    order = lambda: torch.cat([y for _, y in recipe.train_dataloader])
+    first = order()
+    recipe.reseed(18)
+    assert recipe.cfg.seed == 18 and not torch.equal(order(), first)
+    recipe.reseed(17)
+    assert torch.equal(order(), first)

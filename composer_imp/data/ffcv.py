@@ -138,6 +138,10 @@ def ffcv_loaders(root: str, kind: str, batch_size: int, eval_batch_size: int, nu
         n, world = int(Reader(os.path.join(root, 'val.beton')).num_samples), dist.get_world_size()
         eval_indices = np.arange(dist.get_global_rank(), n, world, dtype='uint64')  # FFCV's index type
         eval_batches = math.ceil(math.ceil(n / world) / eval_batch_size)  # ... in the batch count of the largest share
+        if n < world or (eval_batch_size < 2 and n % world):  # decided on every rank alike
+            raise ValueError(f'{root}/val.beton has {n} examples for {world} ranks with a per-rank eval batch of '
+                             f'{eval_batch_size}: every rank needs at least one example, and uneven shares need a '
+                             'per-rank data.eval_batch_size of at least 2.')
     train = Loader(os.path.join(root, 'train.beton'), batch_size=batch_size, num_workers=num_workers,
                    order=OrderOption.RANDOM, drop_last=drop_last, seed=seed, distributed=distributed, pipelines=train_pipes)
     val = Loader(os.path.join(root, 'val.beton'), batch_size=eval_batch_size, num_workers=num_workers,
