@@ -124,17 +124,8 @@ def analyze_run(
     out = os.path.join(folder.root, 'analysis')
     settings = {'tolerance': tolerance, 'betas': [float(b) for b in betas], 'recalibrate_bn': recalibrate_bn,
                 'pairwise': pairwise, 'plane_grid': planes}
-    previous = os.path.join(out, 'analysis.json')
-    if os.path.isfile(previous) and not overwrite:
-        with open(previous) as f:
-            old = json.load(f)
-        # (an analysis.json from before settings were recorded has tolerance, betas and recalibrate_bn on top)
-        old, keys = (old['settings'], SETTINGS) if 'settings' in old else (old, SETTINGS[:3])
-        changed = [f'{k}: {old.get(k)!r} -> {settings[k]!r}' for k in keys if old.get(k) != settings[k]]
-        if changed:
-            raise ValueError(f'{previous} was made with other settings ({"; ".join(changed)}). Run with the same '
-                             'settings to resume or extend it, or replace it with `python -m composer_imp.analyze '
-                             f'{folder.root} --overwrite ...` (overwrite=True in Python).')
+    if not overwrite:
+        refuse_changed_settings(os.path.join(out, 'analysis.json'), settings, folder.root)
     if recipe is None:
         recipe = build_recipe(config_from_dict(OmegaConf.to_container(OmegaConf.load(folder.config), resolve=True)))
     model = recipe.model_fn()
@@ -228,6 +219,21 @@ def analyze_run(
         from composer_imp.plots import plot_landscape_report
         plot_landscape_report(result, out)
     return result
+
+
+def refuse_changed_settings(previous: str, settings: dict, folder: str) -> None:
+    """Raise ``ValueError`` naming the changes if the result file ``previous`` was made with other ``settings``."""
+    if not os.path.isfile(previous):
+        return
+    with open(previous) as f:
+        old = json.load(f)
+    # (an analysis.json from before settings were recorded has tolerance, betas and recalibrate_bn on top)
+    old, keys = (old['settings'], list(settings)) if 'settings' in old else (old, list(SETTINGS[:3]))
+    changed = [f'{k}: {old.get(k)!r} -> {settings[k]!r}' for k in keys if old.get(k) != settings[k]]
+    if changed:
+        raise ValueError(f'{previous} was made with other settings ({"; ".join(changed)}). Run with the same '
+                         f'settings to resume or extend it, or replace it with `python -m composer_imp.analyze {folder} '
+                         '--overwrite ...` (overwrite=True in Python).')
 
 
 def _replicate_epsilon(root: str) -> Optional[float]:

@@ -68,19 +68,13 @@ def analyze_replicates(
     recipe: Any = None,
 ) -> dict:
     """Analyse every replicate of ``save_folder`` with tolerance ε (or ``tolerance``) and aggregate; see the module doc."""
-    from composer_imp.analyze import analyze_run
+    from composer_imp.analyze import analyze_run, refuse_changed_settings
 
     out = os.path.join(save_folder, 'analysis')
     settings = {'tolerance': tolerance, 'betas': [float(b) for b in betas], 'recalibrate_bn': recalibrate_bn,
                 'pairwise': pairwise, 'plane_grid': planes}
-    previous = os.path.join(out, 'replicates.json')
-    if os.path.isfile(previous) and not overwrite:
-        with open(previous) as f:
-            old = json.load(f).get('settings', {})
-        changed = [f'{k}: {old.get(k)!r} -> {v!r}' for k, v in settings.items() if old.get(k) != v]
-        if changed:
-            raise ValueError(f'{previous} was made with other settings ({"; ".join(changed)}). Run with the same '
-                             f'settings, or replace it with `python -m composer_imp.analyze {save_folder} --overwrite ...`.')
+    if not overwrite:
+        refuse_changed_settings(os.path.join(out, 'replicates.json'), settings, save_folder)
     folders = replicate_folders(save_folder)
     if len(folders) < 2:
         raise ValueError(f'{save_folder} holds {len(folders)} replicate run(s) (replicate_XX/config.yaml); the '
