@@ -108,8 +108,9 @@ def evaluate(
 
     Each weight set must name every parameter and buffer of ``model`` (a ``state_dict``); the model's
     own tensors are untouched. ``batches`` is a list or a loader (re-iterable; streamed batch by batch, so an
-    ImageNet-sized eval set is never held in memory). ``recalibrate_bn`` recomputes BatchNorm statistics per weight set first,
-    on ``recalibration_batches`` (default: ``batches``; pass training data when ``batches`` is a test set).
+    ImageNet-sized eval set is never held in memory). ``recalibrate_bn`` recomputes BatchNorm statistics per
+    weight set first, on ``recalibration_batches`` (default: ``batches``; pass training data when ``batches``
+    is a test set).
 
     Returns:
         ``[{'loss': float, 'error': float}]``, one per weight set (error = 1 - top-1 accuracy).

@@ -108,7 +108,7 @@ class Recipe:
         """Make the recipe another replicate: initialization, Trainer RNG and training data order follow ``seed``.
 
         The loaders are kept (Streaming allows one dataset per folder per process); their shuffling seeds move
-        by the same offset as the run's seed.
+        by 1,000,003 per unit of seed, and persistent loader workers are restarted to see the new seeds.
         """
         # Data seeds move by a large stride: orders are drawn from (data seed + epoch), so a stride of 1 would give
         # replicate i at epoch e the order of replicate 0 at epoch e + i.
