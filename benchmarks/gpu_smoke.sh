@@ -14,3 +14,10 @@ python benchmarks/adaptive_vs_fixed.py -f yamls/fmnist_imp.yaml --target 0.9 --o
 # Throughput of a masked training step vs the same step without IMP (target <= 1.02), bf16 on the GPU.
 python benchmarks/mask_overhead.py --device gpu --precision amp_bf16 --model resnet20 --batch-size 128 --steps 30 --rounds 5
 python benchmarks/mask_overhead.py --device gpu --precision amp_bf16 --model resnet50 --image-size 224 --batch-size 256 --steps 20 --rounds 4
+# Landscape evaluation on the GPU: evaluate() vs a plain forward vs the naive load_state_dict loop (targets <= 1.3, >= 3).
+python benchmarks/landscape_eval.py --model resnet20 --points 64 --repeats 3 --device gpu
+# The analysis on the GPU (model on the local device, NCCL all-reduce when several GPUs are visible).
+python -m composer_imp.analyze runs/gpu_smoke/fixed --betas 0,0.25,0.5,0.75,1 --planes 11 --overwrite
+if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -gt 1 ]; then
+  composer -n 2 -m composer_imp.analyze runs/gpu_smoke/fixed --betas 0,0.25,0.5,0.75,1 --planes 11
+fi

@@ -7,7 +7,7 @@ For N networks on a plane (as in a 2-D slice) over the same eval data it times, 
            update a torchmetrics accuracy, one point at a time.
 Prints medians over repeats and the ratios ours/plain (target <= 1.3) and naive/ours (target >= 3).
 
-    python benchmarks/landscape_eval.py [--model small_cnn|resnet20] [--points 64] [--repeats 3]
+    python benchmarks/landscape_eval.py [--model small_cnn|resnet20] [--points 64] [--repeats 3] [--device gpu]
 """
 
 import argparse
@@ -33,7 +33,10 @@ def main() -> None:
     parser.add_argument('--points', type=int, default=64)
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--threads', type=int, default=os.cpu_count() or 1)
+    parser.add_argument('--device', choices=('cpu', 'gpu'), default='cpu')
     args = parser.parse_args()
+    device = torch.device('cuda' if args.device == 'gpu' else 'cpu')
+    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.model == 'small_cnn':
@@ -44,9 +47,10 @@ def main() -> None:
         _, test = build_datasets('fashion_mnist', train_subset=1000, pad_to=32)
         test = torch.utils.data.Subset(test, range(2000))
     _, loader = build_dataloaders(test, test, batch_size=1, eval_batch_size=500)
-    batches = list(loader)
-    base = {k: v.clone() for k, v in model.state_dict().items()}
-    mask = magnitude_prune(model, full_mask(model), 0.5)
+    model.to(device)
+    batches = [[t.to(device) for t in b] for b in loader]  # the data on the device for plain and ours
+    base = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    mask = {k: m.cpu() for k, m in magnitude_prune(model, full_mask(model), 0.5).items()}
     proj = {k: (v * mask[k] if k in mask else v) for k, v in base.items()}
     other = {k: (v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in base.items()}
     side = int(args.points ** 0.5)
@@ -68,8 +72,9 @@ def main() -> None:
         with torch.no_grad():
             for p in points:
                 model.load_state_dict(p)
-                metric = MulticlassAccuracy(num_classes=10, average='micro')
+                metric = MulticlassAccuracy(num_classes=10, average='micro').to(device)
                 for b in loader:
+                    b = [t.to(device) for t in b]
                     metric.update(model(b), b[1])
                 metric.compute()
         model.load_state_dict(base)
@@ -77,11 +82,13 @@ def main() -> None:
     times = {'plain': [], 'ours': [], 'naive': []}
     for _ in range(args.repeats):  # interleaved
         for name, fn, per in (('plain', plain, 1), ('ours', ours, n), ('naive', naive, n)):
+            sync()
             t = time.perf_counter()
             fn()
+            sync()
             times[name].append((time.perf_counter() - t) / per)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f'{args.model}, {n} points x {sum(len(b[0]) for b in batches)} examples, threads={args.threads}')
+    print(f'{args.model} on {device}, {n} points x {sum(len(b[0]) for b in batches)} examples, threads={args.threads}')
     for k, v in med.items():
         print(f'  {k:<6} {1000 * v:8.2f} ms per point')
     print(f'ours/plain = {med["ours"] / med["plain"]:.2f}x (target <= 1.3), naive/ours = {med["naive"] / med["ours"]:.2f}x (target >= 3)')
