@@ -83,7 +83,7 @@ class _Cache:
 def analyze_run(
     save_folder: str,
     betas: Sequence[float] = DEFAULT_BETAS,
-    tolerance: Optional[float] = 0.01,
+    tolerance: Optional[float] = None,
     recalibrate_bn: bool = False,
     pairwise: bool = True,
     planes: int = 0,
@@ -101,6 +101,8 @@ def analyze_run(
     A run made from Python with :func:`~composer_imp.orchestrator.find_ticket` passes any object with its
     ``model_fn``, ``trainer_kwargs_fn`` and ``eval_dataloader`` (and optionally ``sweep_data``: un-augmented
     training examples for ``recalibrate_bn``; default the training loader's dataset).
+
+    ``tolerance`` (matching / connectivity): default ε of the replicate analysis this run belongs to, else 0.01.
 
     ``planes > 0`` adds, for each successive pair (L, L+1), the ``planes × planes`` error slice of the plane
     through ``w_L``, its projection ``m_{L+1} ⊙ w_L`` and ``w_{L+1}`` (Figure 3).
@@ -126,8 +128,9 @@ def analyze_run(
                 'pairwise': pairwise, 'plane_grid': planes}
     if not overwrite:
         refuse_changed_settings(os.path.join(out, 'analysis.json'), settings, folder.root)
+    config = OmegaConf.to_container(OmegaConf.load(folder.config), resolve=True)
     if recipe is None:
-        recipe = build_recipe(config_from_dict(OmegaConf.to_container(OmegaConf.load(folder.config), resolve=True)))
+        recipe = build_recipe(config_from_dict(config))
     model = recipe.model_fn()
     from composer_imp.orchestrator import apply_model_surgery
     kwargs = recipe.trainer_kwargs_fn(model, 0)
@@ -154,7 +157,7 @@ def analyze_run(
     eval_data = getattr(recipe.eval_dataloader, 'dataset', None)
     described = {'loader': type(eval_data or recipe.eval_dataloader).__name__,
                  'examples': len(eval_data) if eval_data is not None else None,
-                 'data': OmegaConf.to_container(OmegaConf.load(folder.config)).get('data')}
+                 'data': config.get('data')}
     cache = _Cache(out, {l: rows[l]['manifest']['weights.pt'] for l in levels},
                    {'betas': settings['betas'], 'recalibrate_bn': recalibrate_bn, 'eval': described})
 
@@ -168,31 +171,21 @@ def analyze_run(
                    'matching': p['error'] <= dense_error + tolerance} for l, p in zip(levels, point)]
     matching = {r['level']: r['matching'] for r in level_rows}
 
-    successive = []
-    def path_between(a: int, b: int) -> dict:
-        return cache.path(f'path_{a:02d}_{b:02d}', [a, b],
-                          lambda: linear_path(model, weights[a], weights[b], batches, betas, recalibrate_bn, recal, spread))
-
-    for a, b in zip(levels, levels[1:]):
-        path = path_between(a, b)
-        successive.append({'from': a, 'to': b, **path, 'connected': path['barrier'] <= tolerance,
-                           'both_matching': matching[a] and matching[b]})
-
     n = len(levels)
-    max_err = [[None] * n for _ in range(n)]
-    barrier = [[None] * n for _ in range(n)]
-    for i in range(n):
-        max_err[i][i], barrier[i][i] = point[i]['error'], 0.0
-    for s in successive:
-        i, j = levels.index(s['from']), levels.index(s['to'])
-        max_err[i][j] = max_err[j][i] = s['max_error']
-        barrier[i][j] = barrier[j][i] = s['barrier']
-    if pairwise:
-        for i in range(n):
-            for j in range(i + 2, n):
-                path = path_between(levels[i], levels[j])
-                max_err[i][j] = max_err[j][i] = path['max_error']
-                barrier[i][j] = barrier[j][i] = path['barrier']
+    pairs = [(i, i + 1) for i in range(n - 1)] + [(i, j) for i in range(n) for j in range(i + 2, n) if pairwise]
+    paths = {}
+    for i, j in pairs:
+        a, b = levels[i], levels[j]
+        paths[i, j] = cache.path(f'path_{a:02d}_{b:02d}', [a, b], lambda: linear_path(
+            model, weights[a], weights[b], batches, betas, recalibrate_bn, recal, spread))
+    successive = [{'from': levels[i], 'to': levels[i + 1], **paths[i, i + 1],
+                   'connected': paths[i, i + 1]['barrier'] <= tolerance,
+                   'both_matching': matching[levels[i]] and matching[levels[i + 1]]} for i in range(n - 1)]
+    max_err = [[point[i]['error'] if i == j else None for j in range(n)] for i in range(n)]
+    barrier = [[0.0 if i == j else None for j in range(n)] for i in range(n)]
+    for (i, j), path in paths.items():
+        max_err[i][j] = max_err[j][i] = path['max_error']
+        barrier[i][j] = barrier[j][i] = path['barrier']
 
     plane_results = []
     if planes:

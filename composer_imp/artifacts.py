@@ -102,11 +102,13 @@ class RunFolder:
     def is_done(self, level: int) -> bool:
         return all(os.path.isfile(p) for p in (self.level_json(level), self.mask(level), self.weights(level)))
 
-    def manifest(self, level: int) -> dict[str, str]:
+    def _checksummed(self, level: int) -> dict[str, str]:
+        """The files a level's manifest covers: its mask and weights, and for level 0 the rewind point."""
         files = {'mask.pt': self.mask(level), 'weights.pt': self.weights(level)}
-        if level == 0:
-            files['rewind.pt'] = self.rewind
-        return {name: sha256(path) for name, path in files.items()}
+        return {**files, 'rewind.pt': self.rewind} if level == 0 else files
+
+    def manifest(self, level: int) -> dict[str, str]:
+        return {name: sha256(path) for name, path in self._checksummed(level).items()}
 
     def verify(self, level: int) -> bool:
         """True if level ``level`` is done and its artifacts match their checksums; else its files are
@@ -115,7 +117,7 @@ class RunFolder:
             return False
         try:
             recorded = self.read_row(level)['manifest']
-            files = {'mask.pt': self.mask(level), 'weights.pt': self.weights(level), 'rewind.pt': self.rewind}
+            files = self._checksummed(level)
             bad = [name for name, digest in recorded.items() if not os.path.isfile(files[name]) or sha256(files[name]) != digest]
         except (ValueError, KeyError, OSError):  # unreadable or manifest-less level.json
             bad = ['level.json']
@@ -128,11 +130,10 @@ class RunFolder:
 
     def forget(self, level: int) -> None:
         """Remove a level's artifacts (and, for level 0, the rewind point) so it is redone."""
-        paths = [self.level_json(level), self.weights(level), self.mask(level), self.selection(level)]
-        paths += [self.rewind] if level == 0 else []
-        for path in paths:
+        for path in [self.level_json(level), self.selection(level), *self._checksummed(level).values()]:
             if os.path.isfile(path):
                 os.remove(path)
+
     def levels_done(self) -> list[int]:
         done, level = [], 0
         while self.is_done(level):

@@ -223,6 +223,7 @@ class LevelOrchestrator:
     ):
         self.device = device
         self.sweep_data = sweep_data
+        self._dense_sweep_loss: Optional[float] = None  # AdaptiveIMP: the dense eval loss on the sweep subsample
         self.model_fn = model_fn
         self.trainer_kwargs_fn = trainer_kwargs_fn
         self.imp = imp or IMPConfig()
@@ -363,10 +364,14 @@ class LevelOrchestrator:
         forwards = 0
         # The LCS-set is that of the dense solution (the paper) or of the level solution being pruned.
         ref_level = 0 if cfg.reference == 'dense' else len(self.rows) - 1
-        if cfg.baseline == 'eval':
+        if cfg.baseline == 'eval' and ref_level == 0 and self._dense_sweep_loss is not None:
+            dense = self._dense_sweep_loss  # the dense solution on the same fixed subsample: measured once per run
+        elif cfg.baseline == 'eval':
             ref_weights = self.folder.load_weights(0) if ref_level == 0 else weights
             dense = evaluate_losses(model, [ref_weights], batches, cfg.recalibrate_bn)[0]
             forwards += cfg.subsample * (2 if cfg.recalibrate_bn else 1)
+            if ref_level == 0:
+                self._dense_sweep_loss = dense
         else:
             dense = self.rows[ref_level]['train_loss_mean']
         threshold = dense + stats['epsilon']  # ε always from the dense run's last epoch

@@ -150,8 +150,7 @@ def plot_landscape_report(analysis: dict, out: str) -> list[str]:
               f'{s["both_matching"]} |' for s in analysis['successive']]
     lines += [''] + [f'![{os.path.basename(p)}]({os.path.basename(p)})' for p in paths]
     paths.append(os.path.join(out, 'report.md'))
-    with open(paths[-1], 'w') as f:
-        f.write('\n'.join(lines) + '\n')
+    atomic_write_text('\n'.join(lines) + '\n', paths[-1])
     return paths
 
 

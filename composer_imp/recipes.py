@@ -211,37 +211,33 @@ def run_config(cfg: DictConfig, overwrite: Optional[bool] = None) -> list:
 
     recipe = build_recipe(cfg)
     overwrite = bool(cfg.overwrite if overwrite is None else overwrite)
-    a = cfg.analysis
+    from composer_imp.analyze import analyze_run
+
     if cfg.replicates == 1:
-        rows = _run_levels(recipe, cfg.save_folder, overwrite)
-        if a.enabled:  # every rank: the evaluations are spread over them
-            from composer_imp.analyze import analyze_run
-            result = analyze_run(cfg.save_folder, list(a.betas), a.tolerance, a.recalibrate_bn, a.pairwise, a.planes,
-                                 recipe=recipe)
+        runs = _run_levels(recipe, cfg.save_folder, overwrite)
+    else:
+        if os.path.isfile(os.path.join(cfg.save_folder, 'config.yaml')):
+            if not overwrite:
+                raise ConfigError(f'save_folder={cfg.save_folder} holds a single IMP run; replicates={cfg.replicates} '
+                                  'live in their own folder (replicate_XX inside save_folder). Choose another '
+                                  'save_folder, or --overwrite to delete that run.')
+            RunFolder(cfg.save_folder).clear()
+        base_seed, runs = cfg.seed, []
+        for i in range(cfg.replicates):
+            recipe.reseed(base_seed + i)
+            folder = replicate_folder(cfg.save_folder, i)
             if dist.get_global_rank() == 0:
-                print(f'[composer-imp] analysis written to {cfg.save_folder}/analysis; '
-                      f'connected iff matching: {result["connected_iff_matching"]}', flush=True)
-        return rows
-    if os.path.isfile(os.path.join(cfg.save_folder, 'config.yaml')):
-        if not overwrite:
-            raise ConfigError(f'save_folder={cfg.save_folder} holds a single IMP run; replicates={cfg.replicates} live in '
-                              'their own folder (replicate_XX inside save_folder). Choose another save_folder, or '
-                              '--overwrite to delete that run.')
-        RunFolder(cfg.save_folder).clear()
-    base_seed, runs = cfg.seed, []
-    for i in range(cfg.replicates):
-        recipe.reseed(base_seed + i)
-        folder = replicate_folder(cfg.save_folder, i)
+                print(f'[composer-imp] replicate {i + 1}/{cfg.replicates}: seed {base_seed + i}, {folder}', flush=True)
+            runs.append(_run_levels(recipe, folder, overwrite))
+        recipe.reseed(base_seed)
+    a = cfg.analysis
+    if a.enabled:  # on every rank: the evaluations are spread over them
+        analyze = analyze_run if cfg.replicates == 1 else analyze_replicates
+        result = analyze(cfg.save_folder, list(a.betas), a.tolerance, a.recalibrate_bn, a.pairwise, a.planes, recipe=recipe)
         if dist.get_global_rank() == 0:
-            print(f'[composer-imp] replicate {i + 1}/{cfg.replicates}: seed {base_seed + i}, {folder}', flush=True)
-        runs.append(_run_levels(recipe, folder, overwrite))
-    recipe.reseed(base_seed)
-    if a.enabled:
-        result = analyze_replicates(cfg.save_folder, list(a.betas), a.tolerance, a.recalibrate_bn, a.pairwise, a.planes,
-                                    recipe=recipe)
-    if a.enabled and dist.get_global_rank() == 0:
-        print(f'[composer-imp] replicate analysis written to {cfg.save_folder}/analysis/replicates.md; ε = '
-              f'{100 * result["epsilon"]:.2f} points; connected iff matching: {result["connected_iff_matching"]}', flush=True)
+            epsilon = f'ε = {100 * result["epsilon"]:.2f} points; ' if 'epsilon' in result else ''
+            print(f'[composer-imp] analysis written to {cfg.save_folder}/analysis; {epsilon}'
+                  f'connected iff matching: {result["connected_iff_matching"]}', flush=True)
     return runs
 
 

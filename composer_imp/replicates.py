@@ -79,41 +79,34 @@ def analyze_replicates(
     if len(folders) < 2:
         raise ValueError(f'{save_folder} holds {len(folders)} replicate run(s) (replicate_XX/config.yaml); the '
                          'replicate analysis needs at least 2 (train them with replicates=N).')
-    summaries = []
     for folder in folders:
-        run = RunFolder(folder)
-        levels = run.levels_done()
-        if 0 not in levels:
+        if not RunFolder(folder).is_done(0):
             raise ValueError(f'{folder} has no finished dense level (level_00); finish its training first '
                              '(re-run the same command: replicates resume).')
-        summaries.append({l: run.read_row(l) for l in levels})
-    dense = [1.0 - s[0]['accuracy'] for s in summaries]
-    epsilon = statistics.stdev(dense)
+    epsilon = statistics.stdev([1.0 - RunFolder(f).read_row(0)['accuracy'] for f in folders])
     tol = epsilon if tolerance is None else float(tolerance)
     # Each replicate's analysis follows this one: its tolerance moves with ε as replicates are added (the cached
     # evaluations do not depend on it), so it is rewritten rather than refused.
     per_run = [analyze_run(f, betas, tol, recalibrate_bn, pairwise, planes, True, recipe) for f in folders]
 
-    common = sorted(set.intersection(*(set(r['level'] for r in a['levels']) for a in per_run)))
+    # Every replicate's levels run 0, 1, 2, ... (levels_done is contiguous): aggregate over the levels all have.
+    common = range(min(len(a['levels']) for a in per_run))
     dense_error = _stats([a['levels'][0]['error'] for a in per_run])
     level_rows = []
     for level in common:
-        rows = [next(r for r in a['levels'] if r['level'] == level) for a in per_run]
+        rows = [a['levels'][level] for a in per_run]
         error = _stats([r['error'] for r in rows])
         level_rows.append({'level': level, 'weights_remaining': _stats([r['weights_remaining'] for r in rows]),
                            'error': error, 'matching': error['mean'] <= dense_error['mean'] + tol,
                            'matching_fraction': sum(r['matching'] for r in rows) / len(rows)})
     matching = {r['level']: r['matching'] for r in level_rows}
     successive = []
-    for a, b in zip(common, common[1:]):
-        paths = [next(s for s in run['successive'] if s['from'] == a and s['to'] == b) for run in per_run
-                 if any(s['from'] == a and s['to'] == b for s in run['successive'])]
-        if len(paths) != len(per_run):
-            continue  # a level missing in some replicate: no common successive pair
+    for a in common[:-1]:
+        paths = [run['successive'][a] for run in per_run]  # the path from level a to a + 1
         barrier = _stats([p['barrier'] for p in paths])
-        successive.append({'from': a, 'to': b, 'barrier': barrier, 'connected': barrier['mean'] <= tol,
+        successive.append({'from': a, 'to': a + 1, 'barrier': barrier, 'connected': barrier['mean'] <= tol,
                            'connected_fraction': sum(p['connected'] for p in paths) / len(paths),
-                           'both_matching': matching[a] and matching[b]})
+                           'both_matching': matching[a] and matching[a + 1]})
     result = {
         'settings': settings,
         'replicates': [os.path.basename(f) for f in folders],

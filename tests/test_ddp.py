@@ -159,9 +159,9 @@ def test_streaming_and_ffcv_loaders_give_each_rank_its_own_samples_and_evaluate_
         epochs = set(dumps[0]['train_labels']) | set(dumps[1]['train_labels'])
         for epoch in epochs:  # per epoch, the two ranks' batches together are the training set, each sample once
             per_rank = [d['train_labels'].get(epoch, []) for d in dumps]
-            assert len(per_rank[0]) == len(per_rank[1]) > 0
-            if len(per_rank[0]) == 50:  # a whole epoch (level 1 starts at the rewind point, epoch 1)
-                assert sorted(per_rank[0] + per_rank[1]) == train_labels, f'level {level} epoch {epoch}: ranks overlap'
+            # every epoch is whole (level 1 starts at the rewind point, the start of epoch 1): 50 samples per rank
+            assert len(per_rank[0]) == len(per_rank[1]) == 50, (level, epoch, [len(p) for p in per_rank])
+            assert sorted(per_rank[0] + per_rank[1]) == train_labels, f'level {level} epoch {epoch}: ranks overlap'
         # evaluation covers every example, and the accuracy metric counts each exactly once across ranks
         assert len(set(dumps[0]['eval_images']) | set(dumps[1]['eval_images'])) == len(val_images) == 21
         counted = [d['eval_counted'] for d in dumps]

@@ -114,7 +114,9 @@ def test_changed_config_refused_then_overwrite_starts_over(tmp_path, reference_f
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((tmp_path / 'summary.json').read_text())['levels']
     assert [r['ratio'] for r in rows] == [0.0, 0.5] and not (tmp_path / 'level_02').exists()
-    assert torch.load(tmp_path / 'level_01' / 'mask.pt', weights_only=True)  # a new level 1 of the new config
+    mask = torch.load(tmp_path / 'level_01' / 'mask.pt', weights_only=True)  # a new level 1 of the new config
+    kept = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
+    assert kept == pytest.approx(0.5, abs=1e-3)
 
 
 def test_divergence_stops_the_level_and_keeps_earlier_levels(tmp_path, digits_loaders, tiny_model_fn):

@@ -162,9 +162,7 @@ class CifarDataset(Dataset):
 
     def without_augmentation(self) -> 'CifarDataset':
         """The same images (shared memory) served like evaluation images: no crop, no flip."""
-        view = CifarDataset.__new__(CifarDataset)
-        view.images, view.labels, view.train = self.images, self.labels, False
-        return view
+        return CifarDataset(self.images.numpy(), self.labels.numpy(), train=False)  # from_numpy: no copy
 
 
 def _cifar(classes: int, data_root: Optional[str] = None, train_subset: Optional[int] = None) -> tuple[Dataset, Dataset]:
