@@ -20,4 +20,7 @@ python benchmarks/landscape_eval.py --model resnet20 --points 64 --repeats 3 --d
 python -m composer_imp.analyze runs/gpu_smoke/fixed --betas 0,0.25,0.5,0.75,1 --planes 11 --overwrite
 if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -gt 1 ]; then
   composer -n 2 -m composer_imp.analyze runs/gpu_smoke/fixed --betas 0,0.25,0.5,0.75,1 --planes 11
+  # AdaptiveIMP's sweep spread over 2 GPUs (NCCL all-reduce of losses and BatchNorm statistics).
+  composer -n 2 run.py -f yamls/fmnist_imp.yaml device=gpu precision=amp_bf16 data.data_root="$DATA_ROOT" \
+    save_folder=runs/gpu_smoke/adaptive_2gpu imp.adaptive.enabled=true imp.levels=2 analysis.enabled=false progress_bar=false
 fi

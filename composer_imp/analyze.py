@@ -36,7 +36,7 @@ from composer.utils import dist
 from torch.utils.data import DataLoader, Subset
 
 from composer_imp.connectivity import DEFAULT_BETAS, linear_path, plane_slice
-from composer_imp.evaluate import evaluate, fixed_subsample
+from composer_imp.evaluate import evaluate, fixed_subsample, local_device
 
 __all__ = ['analyze_run']
 
@@ -135,7 +135,7 @@ def analyze_run(
     from composer_imp.orchestrator import apply_model_surgery
     kwargs = recipe.trainer_kwargs_fn(model, 0)
     apply_model_surgery(model, kwargs.get('algorithms') or [])  # the run's parameter names
-    model.to(_device(getattr(recipe, 'device', None) or kwargs.get('device')))  # NCCL all-reduces GPU tensors only
+    model.to(local_device(getattr(recipe, 'device', None) or kwargs.get('device')))  # NCCL all-reduces GPU tensors only
     batches = _eval_share(recipe.eval_dataloader)  # streamed once per evaluated chunk of networks, never materialized
     spread = dist.get_world_size() > 1
     # BatchNorm statistics are recomputed on a fixed, un-augmented subsample of the training set.
@@ -143,7 +143,7 @@ def analyze_run(
     if recalibrate_bn:
         from composer_imp.data import without_augmentation
         data = getattr(recipe, 'sweep_data', None) or without_augmentation(kwargs['train_dataloader'].dataset)
-        recal = fixed_subsample(data, min(1024, len(data)), 256)
+        recal = fixed_subsample(data, min(1024, len(data)), 256, rank_share=spread)  # statistics combined over ranks
     weights = {}
     for level in levels:
         w = folder.load_weights(level)
@@ -238,13 +238,6 @@ def _replicate_epsilon(root: str) -> Optional[float]:
     except (OSError, ValueError):
         return None
     return result['tolerance'] if os.path.basename(os.path.abspath(root)) in result.get('replicates', []) else None
-
-
-def _device(requested: Optional[str]) -> torch.device:
-    """The local accelerator when there is one and the run did not ask for the CPU (one GPU per rank)."""
-    if requested != 'cpu' and torch.cuda.is_available():
-        return torch.device('cuda', dist.get_local_rank())
-    return torch.device('cpu')
 
 
 def _eval_share(loader: Any) -> Any:

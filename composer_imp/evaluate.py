@@ -26,7 +26,17 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import default_collate
 
-__all__ = ['interpolate', 'evaluate', 'evaluate_losses', 'recalibrate_batchnorm', 'fixed_subsample']
+__all__ = ['interpolate', 'evaluate', 'evaluate_losses', 'recalibrate_batchnorm', 'fixed_subsample', 'local_device']
+
+
+def local_device(requested: Any = None) -> torch.device:
+    """This rank's accelerator when there is one and the run did not ask for the CPU (one GPU per rank).
+
+    ``requested``: the run's device as Composer takes it (``'cpu'``, ``'gpu'``, ``None`` or a ``Device``).
+    """
+    if getattr(requested, 'name', requested) != 'cpu' and torch.cuda.is_available():
+        return torch.device('cuda', dist.get_local_rank())
+    return torch.device('cpu')
 
 
 def interpolate(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], betas: Sequence[float]) -> list[dict[str, torch.Tensor]]:
@@ -43,18 +53,24 @@ def interpolate(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], be
     return out
 
 
-def fixed_subsample(dataset: Any, size: int, batch_size: int, seed: int = 0) -> list:
+def fixed_subsample(dataset: Any, size: int, batch_size: int, seed: int = 0, rank_share: bool = False) -> list:
     """A fixed random subset of ``dataset`` (same indices for a given seed), collated into batches.
 
     ``dataset`` is map-style, or has ``batches(indices, batch_size)`` (FFCV's ``BetonExamples``).
+    ``rank_share=True`` (under Composer's launcher): only this rank's batches of that list, batch ``i`` going to
+    rank ``i % world_size``, so the ranks' shares together are exactly the single-process batches and each rank
+    reads only its own examples (for :func:`evaluate` with ``all_reduce=True``).
     """
     n = len(dataset)
     if not 0 < size <= n:
         raise ValueError(f'imp.adaptive.subsample={size} must be between 1 and the training set size {n}.')
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].tolist()
+    chunks = [idx[s:s + batch_size] for s in range(0, size, batch_size)]
+    if rank_share:
+        chunks = chunks[dist.get_global_rank()::dist.get_world_size()]
     if hasattr(dataset, 'batches'):
-        return dataset.batches(idx, batch_size)
-    return [default_collate([dataset[i] for i in idx[s:s + batch_size]]) for s in range(0, size, batch_size)]
+        return dataset.batches([i for c in chunks for i in c], batch_size) if chunks else []
+    return [default_collate([dataset[i] for i in c]) for c in chunks]
 
 
 def _batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
@@ -62,8 +78,14 @@ def _batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: ComposerModel, weights: Mapping[str, torch.Tensor], batches: Sequence) -> dict[str, torch.Tensor]:
-    """A copy of ``weights`` whose BatchNorm running statistics are recomputed on ``batches`` (train-mode pass)."""
+def recalibrate_batchnorm(model: ComposerModel, weights: Mapping[str, torch.Tensor], batches: Iterable,
+                          all_reduce: bool = False) -> dict[str, torch.Tensor]:
+    """A copy of ``weights`` whose BatchNorm running statistics are recomputed on ``batches`` (train-mode pass).
+
+    The statistics are the plain average over batches of each batch's mean and variance. ``all_reduce=True``:
+    ``batches`` is this rank's share; the averages are combined over ranks, weighted by batch counts, so every
+    rank gets the statistics of all the batches (a rank with no batch contributes nothing).
+    """
     bns = _batchnorms(model)
     out = dict(weights)
     for name, bn in bns.items():
@@ -83,6 +105,21 @@ def recalibrate_batchnorm(model: ComposerModel, weights: Mapping[str, torch.Tens
         for name, bn in bns.items():
             bn.momentum = momenta[name]
         model.train(was_training)
+    if all_reduce and dist.get_world_size() > 1 and bns:
+        prefixes = [f'{name}.' if name else '' for name in bns]
+        counts = torch.stack([out[p + 'num_batches_tracked'].to(torch.float64) for p in prefixes])
+        sums = [torch.cat([out[p + 'running_mean'], out[p + 'running_var']]).to(torch.float64) * c
+                for p, c in zip(prefixes, counts)]
+        flat = torch.cat([counts, *sums])
+        dist.all_reduce(flat)  # one collective for every layer; float64 keeps the batch counts exact
+        counts, offset = flat[:len(prefixes)], len(prefixes)
+        for p, c in zip(prefixes, counts):
+            mean, var = out[p + 'running_mean'], out[p + 'running_var']
+            both = flat[offset:offset + 2 * mean.numel()] / c.clamp(min=1)
+            offset += 2 * mean.numel()
+            out[p + 'running_mean'] = both[:mean.numel()].to(mean.dtype)
+            out[p + 'running_var'] = both[mean.numel():].to(var.dtype)
+            out[p + 'num_batches_tracked'] = c.to(out[p + 'num_batches_tracked'].dtype)
     return out
 
 
@@ -103,8 +140,9 @@ def evaluate(
 ) -> list[dict[str, float]]:
     """Mean loss (``model.loss``) and classification error of ``model`` under each weight set, in eval mode.
 
-    ``all_reduce=True`` (under Composer's launcher): ``batches`` is this rank's share of the data (disjoint,
-    unpadded); the sums are added over ranks, so every rank returns the result over all the data.
+    ``all_reduce=True`` (under Composer's launcher): ``batches`` (and ``recalibration_batches``) are this rank's
+    share of the data (disjoint, unpadded); the sums, and the BatchNorm statistics, are combined over ranks, so
+    every rank returns the result over all the data.
 
     Each weight set must name every parameter and buffer of ``model`` (a ``state_dict``); the model's
     own tensors are untouched. ``batches`` is a list or a loader (re-iterable; streamed batch by batch, so an
@@ -120,7 +158,7 @@ def evaluate(
     weight_sets = [{k: v.to(device) for k, v in w.items()} for w in weight_sets]  # once, not per batch
     if recalibrate_bn:
         recal = batches if recalibration_batches is None else recalibration_batches
-        weight_sets = [recalibrate_batchnorm(model, w, _on(recal, device)) for w in weight_sets]
+        weight_sets = [recalibrate_batchnorm(model, w, _on(recal, device), all_reduce) for w in weight_sets]
     model.eval()
     losses = [0.0] * len(weight_sets)
     wrong = [0] * len(weight_sets)
@@ -149,6 +187,7 @@ def evaluate_losses(
     weight_sets: Sequence[Mapping[str, torch.Tensor]],
     batches: Sequence,
     recalibrate_bn: bool = False,
+    all_reduce: bool = False,
 ) -> list[float]:
     """Mean loss of ``model`` under each weight set (see :func:`evaluate`)."""
-    return [r['loss'] for r in evaluate(model, weight_sets, batches, recalibrate_bn)]
+    return [r['loss'] for r in evaluate(model, weight_sets, batches, recalibrate_bn, all_reduce=all_reduce)]

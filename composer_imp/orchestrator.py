@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -45,7 +46,7 @@ from omegaconf import OmegaConf
 
 from composer_imp.adaptive import FORWARD_FRACTION_OF_STEP, AdaptiveConfig, LossStatistics, sweep_ratio
 from composer_imp.algorithms import KeepMask
-from composer_imp.evaluate import evaluate_losses, fixed_subsample
+from composer_imp.evaluate import evaluate_losses, fixed_subsample, local_device
 from composer_imp.faults import LossGuard
 from composer_imp.artifacts import RunFolder, atomic_torch_save, atomic_write_text
 from composer_imp.masks import Mask, full_mask, load_mask, magnitude_prune, sparsity_report, unwrap_model
@@ -338,20 +339,32 @@ class LevelOrchestrator:
             return load_mask(self.folder.mask(level), model), selection['ratio'], selection['sweep']
         if level == 0:
             return full_mask(model, self.imp.ignore), 0.0, None
-        holder: list = [None]
-        if dist.get_global_rank() == 0:
-            weights = self.folder.load_weights(level - 1)
-            ratio, sweep = float(self.imp.ratio), None
-            if self.imp.adaptive.enabled:
-                sweep = self._sweep(model, weights, previous, kwargs)
-                ratio = max(sweep['chosen'] or 0.0, float(self.imp.ratio))
-                sweep['pruned'] = ratio
-            holder = [(magnitude_prune(weights, previous, ratio, self.imp.scope), ratio, sweep)]
+        weights = self.folder.load_weights(level - 1) if dist.get_global_rank() == 0 else None
+        ratio, sweep = float(self.imp.ratio), None
+        if self.imp.adaptive.enabled:
+            # Every rank sweeps on its share of the subsample (results all-reduced); rank 0's choice is broadcast.
+            weights = self._from_rank0(weights)
+            sweep = self._sweep(model, weights, previous, kwargs)
+            ratio = max(sweep['chosen'] or 0.0, float(self.imp.ratio))
+            sweep['pruned'] = ratio
+        holder = [(magnitude_prune(weights, previous, ratio, self.imp.scope), ratio, sweep)
+                  if dist.get_global_rank() == 0 else None]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    @staticmethod
+    def _from_rank0(value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (no shared filesystem needed)."""
+        holder = [value]
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
     def _sweep(self, model: ComposerModel, weights: dict, mask: Mask, kwargs: dict) -> dict:
-        """AdaptiveIMP's ratio sweep at the level solution ``weights`` (see composer_imp.adaptive)."""
+        """AdaptiveIMP's ratio sweep at the level solution ``weights`` (see composer_imp.adaptive).
+
+        Called on every rank: each evaluates its share of the fixed subsample on its own device and the sums are
+        all-reduced, so the sweep takes 1/N of the wall time under N ranks and every rank sees the same numbers.
+        """
         cfg = self.imp.adaptive
         tic = time.perf_counter()
         if self.rows[0].get('epsilon') is None:
@@ -359,29 +372,53 @@ class LevelOrchestrator:
                              'over its last epoch, which level 0 did not record (fewer than 2 batches, or a run made '
                              'before adaptive existed); start a new run (another save_folder or --overwrite).')
         loader = kwargs['train_dataloader']
-        batches = fixed_subsample(self._sweep_data(loader), cfg.subsample, cfg.batch_size, seed=0)
+        batches = fixed_subsample(self._sweep_data(loader), cfg.subsample, cfg.batch_size, seed=0, rank_share=True)
+        spread = dist.get_world_size() > 1
         stats = self.rows[0]
         forwards = 0
         # The LCS-set is that of the dense solution (the paper) or of the level solution being pruned.
         ref_level = 0 if cfg.reference == 'dense' else len(self.rows) - 1
-        if cfg.baseline == 'eval' and ref_level == 0 and self._dense_sweep_loss is not None:
-            dense = self._dense_sweep_loss  # the dense solution on the same fixed subsample: measured once per run
-        elif cfg.baseline == 'eval':
-            ref_weights = self.folder.load_weights(0) if ref_level == 0 else weights
-            dense = evaluate_losses(model, [ref_weights], batches, cfg.recalibrate_bn)[0]
-            forwards += cfg.subsample * (2 if cfg.recalibrate_bn else 1)
-            if ref_level == 0:
-                self._dense_sweep_loss = dense
-        else:
-            dense = self.rows[ref_level]['train_loss_mean']
-        threshold = dense + stats['epsilon']  # ε always from the dense run's last epoch
-        result = sweep_ratio(model, weights, mask, batches, threshold, cfg, self.imp.scope)
+        home = next(model.parameters()).device
+        model.to(local_device(self.device))  # the Trainer places the model itself afterwards; put it back as found
+        try:
+            if cfg.baseline == 'eval' and ref_level == 0 and self._dense_sweep_loss is not None:
+                dense = self._dense_sweep_loss  # the dense solution on the same fixed subsample: measured once per run
+            elif cfg.baseline == 'eval':
+                ref_weights = self._from_rank0(self.folder.load_weights(0) if dist.get_global_rank() == 0 else None) \
+                    if ref_level == 0 else weights
+                dense = evaluate_losses(model, [ref_weights], batches, cfg.recalibrate_bn, all_reduce=spread)[0]
+                forwards += cfg.subsample * (2 if cfg.recalibrate_bn else 1)
+                if ref_level == 0:
+                    self._dense_sweep_loss = dense
+            else:
+                dense = self.rows[ref_level]['train_loss_mean']
+            threshold = dense + stats['epsilon']  # ε always from the dense run's last epoch
+            landing = self._landing_ratio(mask)
+            candidates = dataclasses.replace(cfg, ratios=[*cfg.ratios, landing]) if landing is not None else cfg
+            result = sweep_ratio(model, weights, mask, batches, threshold, candidates, self.imp.scope, all_reduce=spread,
+                                 floor=float(self.imp.ratio))
+        finally:
+            model.to(home)
         forwards += result.forward_samples
         global_batch = (loader.batch_size or 1) * dist.get_world_size()
         return {'epsilon': stats['epsilon'], 'baseline': cfg.baseline, 'reference': cfg.reference, 'dense_loss': dense, 'threshold': threshold,
-                'table': result.table, 'chosen': result.ratio, 'forward_samples': forwards,
+                'landing_ratio': landing, 'table': result.table, 'chosen': result.ratio, 'forward_samples': forwards,
                 'step_equivalents': forwards * FORWARD_FRACTION_OF_STEP / global_batch,
                 'seconds': time.perf_counter() - tic}
+
+    def _landing_ratio(self, mask: Mask) -> Optional[float]:
+        """The ratio of the remaining weights that leaves exactly ``imp.target_sparsity`` (global scope; per-layer
+        rounding can leave a layerwise run a few weights short), if it is a candidate worth trying."""
+        target = self.imp.target_sparsity
+        if target is None or not self.imp.adaptive.land_on_target:
+            return None
+        report = sparsity_report(mask)
+        allowed = math.floor((1.0 - target) * report['total'] + 1e-9)  # weights the target lets us keep
+        ratio = (report['remaining'] - allowed) / max(report['remaining'], 1)
+        # At or below the floor, the floor itself reaches the target; the grid's own ratios need no second try.
+        if not float(self.imp.ratio) < ratio < 1 or ratio in self.imp.adaptive.ratios:
+            return None
+        return ratio
 
     def _sweep_data(self, loader: Any) -> Any:
         if self.sweep_data is not None:
@@ -531,11 +568,11 @@ class LevelOrchestrator:
         dense = self.rows[0]['accuracy'] if self.rows else accuracy
         acc_txt = f'accuracy {100 * accuracy:.2f}% (dense {100 * dense:.2f}%)' if accuracy is not None and dense is not None else 'no accuracy metric'
         if sweep:
-            passed = [t['ratio'] for t in sweep['table'] if t['within']]
+            passed = [round(t['ratio'], 3) for t in sweep['table'] if t['within']]
             self._print(f'sweep before level {level:02d}: threshold {sweep["threshold"]:.4f} ({sweep.get("reference", "dense")} {sweep["baseline"]} loss '
                         f'{sweep["dense_loss"]:.4f} + eps {sweep["epsilon"]:.4f}); ratios within: {passed or "none"}, '
-                        f'first outside: {next((t["ratio"] for t in sweep["table"] if not t["within"]), "none")} -> prune '
-                        f'{sweep["pruned"]:.2f}; sweep cost {sweep["step_equivalents"]:.1f} step-equivalents')
+                        f'first outside: {next((round(t["ratio"], 3) for t in sweep["table"] if not t["within"]), "none")} -> prune '
+                        f'{sweep["pruned"]:.3g}; sweep cost {sweep["step_equivalents"]:.1f} step-equivalents')
         self._print(f'level {level:02d}/{self.imp.levels:02d}: {100 * row["weights_remaining"]:.1f}% weights remaining '
                     f'(pruned {100 * ratio:.0f}%), {acc_txt}, loss {loss if loss is None else round(loss, 4)}, '
                     f'{steps} steps from step {start_batch}, {row["wall_seconds"]:.1f} s (overhead {row["overhead_seconds"]:.2f} s)')

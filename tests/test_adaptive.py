@@ -9,7 +9,7 @@ import torch
 from composer_imp import IMPConfig, find_ticket, full_mask
 from composer_imp.adaptive import AdaptiveConfig, LossStatistics, sweep_ratio
 from composer_imp.evaluate import evaluate_losses, fixed_subsample, interpolate
-from composer_imp.masks import magnitude_prune
+from composer_imp.masks import magnitude_prune, sparsity_report
 
 
 def test_epsilon_is_std_of_last_full_epoch_losses():
@@ -52,8 +52,8 @@ def _brute_force(model, weights, mask, batches, ratios, betas, recalibrate_bn):
     return paths
 
 
-@pytest.mark.parametrize('recalibrate_bn', [True, False])
-def test_sweep_matches_exhaustive_search_with_fewer_passes(trained, recalibrate_bn):
+@pytest.mark.parametrize('recalibrate_bn, floor', [(True, 0.0), (False, 0.0), (True, 0.3)])
+def test_sweep_matches_exhaustive_search_with_fewer_passes(trained, recalibrate_bn, floor):
     model, weights, batches = trained
     mask = full_mask(model)
     cfg = AdaptiveConfig(enabled=True, recalibrate_bn=recalibrate_bn)
@@ -65,13 +65,18 @@ def test_sweep_matches_exhaustive_search_with_fewer_passes(trained, recalibrate_
     for threshold in thresholds:
         expected = max((r for r in cfg.ratios if all(x <= threshold for x in paths[r]) and
                         all(all(x <= threshold for x in paths[q]) for q in cfg.ratios if q <= r)), default=None)
-        result = sweep_ratio(model, weights, mask, batches, threshold, cfg)
+        if expected is not None and expected <= floor:
+            expected = None  # the level prunes the floor either way
+        result = sweep_ratio(model, weights, mask, batches, threshold, cfg, floor=floor)
         assert result.ratio == expected, (threshold, result.table)
+        assert all(t['ratio'] > floor for t in result.table), 'ratios at or below the floor are never evaluated'
+        if expected is None:  # the smallest candidate above the floor fails: one evaluation settles it
+            assert result.forward_samples == 300 * (2 if recalibrate_bn else 1)
         passes = 2 if recalibrate_bn else 1
         assert result.forward_samples < len(cfg.ratios) * len(cfg.path_points) * 300 * passes
         assert result.forward_samples % (300 * passes) == 0
         answers.add(result.ratio)
-        again = sweep_ratio(model, weights, mask, batches, threshold, cfg)
+        again = sweep_ratio(model, weights, mask, batches, threshold, cfg, floor=floor)
         assert again.ratio == result.ratio and again.table == result.table, 'sweep must be deterministic'
     assert len(answers) >= 3
 
@@ -127,6 +132,32 @@ def test_adaptive_run_prunes_max_of_sweep_and_floor(tmp_path, digits_loaders, ti
     assert rows[-1]['cumulative_compute'] == pytest.approx(sum(r['compute'] for r in rows))
     assert 1 - rows[-1]['weights_remaining'] >= 0.5 and (len(rows) == 4 or 1 - rows[-2]['weights_remaining'] < 0.5)
     assert json.loads((tmp_path / 'summary.json').read_text())['levels'][1]['sweep']['table']
+
+
+@pytest.mark.parametrize('land', [True, False])
+def test_the_ratio_that_lands_on_the_target_is_tried_and_saves_a_level(tmp_path, digits_loaders, tiny_model_fn, land):
+    # Grid [0.1] with floor 0.05 and target 0.15: the grid alone needs two levels (0.9, then 0.81 remaining); the
+    # landing ratio (exactly the weights the target removes, ~0.15 of a dense net) passes the sweep and needs one.
+    train, test = digits_loaders
+
+    def kwargs_fn(model, level):
+        return dict(optimizers=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), train_dataloader=train,
+                    eval_dataloader=test, max_duration='2ep', progress_bar=False, device='cpu', seed=1)
+
+    imp = IMPConfig(levels=3, ratio=0.05, rewind='5ba', target_sparsity=0.15,
+                    adaptive={'enabled': True, 'subsample': 200, 'batch_size': 100, 'ratios': [0.1], 'land_on_target': land})
+    rows = find_ticket(tiny_model_fn, kwargs_fn, str(tmp_path), imp)
+    total = sparsity_report(full_mask(tiny_model_fn()))['total']
+    allowed = int(0.85 * total + 1e-9)  # weights a 0.15 sparsity keeps
+    sweep = rows[1]['sweep']
+    if land:
+        assert sweep['landing_ratio'] == pytest.approx((total - allowed) / total)
+        assert [t['ratio'] for t in sweep['table']][-1] == sweep['landing_ratio']  # tried like any candidate
+        assert sweep['chosen'] == sweep['landing_ratio'] and rows[1]['ratio'] == sweep['landing_ratio']
+        assert len(rows) == 2 and rows[1]['weights_remaining'] == allowed / total  # exactly on the target
+    else:
+        assert sweep['landing_ratio'] is None and [t['ratio'] for t in sweep['table']] == [0.1]
+        assert len(rows) == 3 and rows[1]['weights_remaining'] > 0.85
 
 
 @pytest.mark.parametrize('override, message', [

@@ -55,8 +55,9 @@ def test_two_ranks_hold_identical_masks_weights_and_adaptive_ratios_and_split_th
     out.mkdir()
     run = tmp_path / 'run'
     analysis = ['analysis.enabled=true', 'analysis.betas=[0,0.5,1]', 'analysis.planes=4']
-    proc = _run(_launch(tmp_path, _script(out, f'save_folder={run}', *TINY, 'imp.adaptive.enabled=true',
-                                          'imp.adaptive.subsample=128', 'imp.adaptive.batch_size=64',
+    sweep = ['imp.adaptive.enabled=true', 'imp.adaptive.subsample=128', 'imp.adaptive.batch_size=64',
+             'imp.adaptive.baseline=eval', 'imp.ratio=0.1']  # floor 0.1: the sweep evaluates 0.2 ... 0.9
+    proc = _run(_launch(tmp_path, _script(out, f'save_folder={run}', *TINY, *sweep,
                                           'data.eval_subset=359', 'eval_interval=2ep', *analysis), 29613))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + _logs(tmp_path)[-4000:]
     _assert_ranks_agree(out, run, 3)
@@ -65,7 +66,8 @@ def test_two_ranks_hold_identical_masks_weights_and_adaptive_ratios_and_split_th
     for level in range(3):  # one evaluation per level over an odd-sized eval set: every example exactly once
         seen = [torch.load(out / f'rank{r}_level{level}.pt', weights_only=True)['eval_seen'] for r in (0, 1)]
         assert seen == [180, 179], seen  # the sampler pads rank 1 by one example; Composer's eval loop drops it
-    assert all(r['sweep'] and r['ratio'] == max(r['sweep']['chosen'] or 0, 0.5) for r in rows[1:])
+    assert all(r['sweep'] and r['ratio'] == max(r['sweep']['chosen'] or 0, 0.1) for r in rows[1:])
+    _assert_sharded_sweep_equals_single_process(run, rows, TINY + sweep)
 
     # The analysis after the levels ran on both ranks, each evaluating every path and plane point on its half of
     # the odd-sized eval set with the sums all-reduced: it equals the single-process analysis of the same run.
@@ -79,6 +81,36 @@ def test_two_ranks_hold_identical_masks_weights_and_adaptive_ratios_and_split_th
         assert a['errors'] == b['errors'] and a['losses'] == pytest.approx(b['losses'], rel=1e-5)
     assert [p['errors'] for p in two_ranks['planes']] == [p['errors'] for p in expected['planes']]
     assert two_ranks['pairwise']['barrier'] == expected['pairwise']['barrier']
+
+
+def _assert_sharded_sweep_equals_single_process(run, rows, overrides):
+    """Each rank swept its half of the 128-example subsample (one of the two batches), BatchNorm statistics and loss
+    sums all-reduced: the recorded sweep equals the same sweep computed here in one process on all of it."""
+    from composer_imp.adaptive import sweep_ratio
+    from composer_imp.artifacts import RunFolder
+    from composer_imp.config import load_config
+    from composer_imp.evaluate import evaluate_losses, fixed_subsample
+    from composer_imp.masks import load_mask
+    from composer_imp.recipes import build_recipe
+
+    recipe = build_recipe(load_config(os.path.join(ROOT, 'yamls', 'quickstart.yaml'), overrides))
+    adaptive, folder, model = recipe.imp.adaptive, RunFolder(str(run)), recipe.model_fn()
+    batches = fixed_subsample(recipe.sweep_data, adaptive.subsample, adaptive.batch_size)
+    assert len(batches) == 2  # so each rank had one
+    dense = evaluate_losses(model, [folder.load_weights(0)], batches, adaptive.recalibrate_bn)[0]
+    for level in (1, 2):
+        recorded = rows[level]['sweep']
+        assert recorded['dense_loss'] == pytest.approx(dense, rel=1e-5)
+        single = sweep_ratio(model, folder.load_weights(level - 1), load_mask(folder.mask(level - 1)), batches,
+                             recorded['threshold'], adaptive, recipe.imp.scope, floor=recipe.imp.ratio)
+        assert len(single.table) >= 2  # several paths compared, not one
+        assert recorded['chosen'] == single.ratio
+        assert [t['ratio'] for t in recorded['table']] == [t['ratio'] for t in single.table]
+        for a, b in zip(recorded['table'], single.table):
+            assert a['within'] == b['within'] and list(a['path_losses']) == list(b['path_losses'])
+            assert list(a['path_losses'].values()) == pytest.approx(list(b['path_losses'].values()), rel=1e-5)
+        # Samples of both ranks counted once (the dense loss is measured once per run, before level 1's sweep).
+        assert recorded['forward_samples'] == single.forward_samples + (2 * 128 if level == 1 else 0)
 
 
 def test_world_size_that_does_not_divide_the_batch_is_refused(tmp_path):

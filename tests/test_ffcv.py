@@ -37,12 +37,14 @@ def test_cifar_to_beton_then_train_imp(tmp_path, capsys):
     assert [r['level'] for r in rows] == [0, 1] and rows[1]['start_step'] == 2
 
     # AdaptiveIMP from .beton: its fixed subsample is read by index with the evaluation pipeline
-    from composer_imp.data import CifarDataset, raw_arrays
+    from composer_imp.data import raw_arrays
+    from composer_imp.data.normalization import NORMALIZATION
     from composer_imp.data.ffcv import BetonExamples
     examples = BetonExamples(str(tmp_path / 'ffcv'), 'cifar10')
     (bx, by), = examples.batches([57, 3, 88], 3)
     images, labels = raw_arrays('cifar10', str(tmp_path / 'data'))['train']
-    expected = (torch.from_numpy(images[[57, 3, 88]]).float() / 255 - CifarDataset.MEAN) / CifarDataset.STD
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZATION['cifar10'])
+    expected = (torch.from_numpy(images[[57, 3, 88]]).float() / 255 - mean) / std
     assert len(examples) == 100 and by.tolist() == labels[[57, 3, 88]].tolist()
     assert torch.allclose(bx, expected, atol=1e-5)
     code = run.main(['-f', os.path.join(ROOT, 'yamls', 'cifar10_resnet20_imp.yaml'), f'save_folder={tmp_path / "adaptive"}',

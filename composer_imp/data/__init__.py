@@ -36,6 +36,8 @@ import torch
 from composer.utils import dist
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
+from composer_imp.data.normalization import NORMALIZATION
+
 __all__ = ['build_datasets', 'build_dataloaders', 'make_loaders', 'read_idx', 'raw_arrays', 'without_augmentation', 'DATASETS', 'FASHION_MNIST_ROOT']
 
 FASHION_MNIST_ROOT = '/usr/share/datasets/fashion-mnist'
@@ -104,7 +106,8 @@ def _fashion_mnist(data_root: Optional[str] = None, train_subset: Optional[int] 
 
     def load(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = arrays[split]
-        x = (torch.from_numpy(images.astype(np.float32) / 255.0) - 0.2860) / 0.3530
+        (mean,), (std,) = NORMALIZATION['fashion_mnist']
+        x = (torch.from_numpy(images.astype(np.float32) / 255.0) - mean) / std
         if pad_to:
             p = (pad_to - x.shape[-1]) // 2
             x = torch.nn.functional.pad(x, (p, pad_to - x.shape[-1] - p) * 2, value=float(x.min()))
@@ -139,13 +142,12 @@ def _read_cifar_batch(path: str, label_key: bytes) -> tuple[np.ndarray, np.ndarr
 
 
 class CifarDataset(Dataset):
-    """CIFAR images held as uint8, normalized (and augmented for training) per item."""
+    """CIFAR images held as uint8, normalized with ``kind``'s statistics (and augmented for training) per item."""
 
-    MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1)
-    STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(3, 1, 1)
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, train: bool):
-        self.images, self.labels, self.train = torch.from_numpy(images), torch.from_numpy(labels), train
+    def __init__(self, images: np.ndarray, labels: np.ndarray, train: bool, kind: str = 'cifar10'):
+        self.images, self.labels, self.train, self.kind = torch.from_numpy(images), torch.from_numpy(labels), train, kind
+        mean, std = NORMALIZATION[kind]
+        self.mean, self.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -158,18 +160,19 @@ class CifarDataset(Dataset):
             x = x[:, top:top + 32, left:left + 32]
             if torch.rand(()) < 0.5:
                 x = x.flip(-1)
-        return (x - self.MEAN) / self.STD, self.labels[i]
+        return (x - self.mean) / self.std, self.labels[i]
 
     def without_augmentation(self) -> 'CifarDataset':
         """The same images (shared memory) served like evaluation images: no crop, no flip."""
-        return CifarDataset(self.images.numpy(), self.labels.numpy(), train=False)  # from_numpy: no copy
+        return CifarDataset(self.images.numpy(), self.labels.numpy(), train=False, kind=self.kind)  # from_numpy: no copy
 
 
 def _cifar(classes: int, data_root: Optional[str] = None, train_subset: Optional[int] = None) -> tuple[Dataset, Dataset]:
-    arrays = raw_arrays('cifar10' if classes == 10 else 'cifar100', data_root)
+    kind = 'cifar10' if classes == 10 else 'cifar100'
+    arrays = raw_arrays(kind, data_root)
     x, y = arrays['train']
     xt, yt = _subset(torch.from_numpy(x), torch.from_numpy(y), train_subset, 'train_subset')
-    return CifarDataset(xt.numpy(), yt.numpy(), train=True), CifarDataset(*arrays['val'], train=False)
+    return CifarDataset(xt.numpy(), yt.numpy(), train=True, kind=kind), CifarDataset(*arrays['val'], train=False, kind=kind)
 
 
 def _imagefolder(data_root: Optional[str] = None, train_crop: int = 176, eval_resize: int = 232, eval_crop: int = 224) -> tuple[Dataset, Dataset]:
@@ -180,7 +183,7 @@ def _imagefolder(data_root: Optional[str] = None, train_crop: int = 176, eval_re
         if not os.path.isdir(os.path.join(root, split)):
             raise FileNotFoundError(f'ImageFolder data not found: {os.path.join(root, split)!r} is missing. data.data_root '
                                     'must hold train/ and val/, each with one sub-folder of images per class.')
-    normalize = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    normalize = transforms.Normalize(*NORMALIZATION['imagenet'])
     train = datasets.ImageFolder(os.path.join(root, 'train'), transforms.Compose([
         transforms.RandomResizedCrop(train_crop), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]))
     eval_transform = transforms.Compose([

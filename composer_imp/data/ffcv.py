@@ -26,13 +26,11 @@ from typing import Any, Optional
 
 import numpy as np
 
+from composer_imp.data.normalization import NORMALIZATION
+
 __all__ = ['write_beton', 'ffcv_loaders', 'BetonExamples', 'EvenBatches', 'KINDS']
 
-KINDS = {
-    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
+KINDS = {kind: NORMALIZATION[kind] for kind in ('cifar10', 'cifar100', 'imagenet')}
 
 
 class _Indexed:

@@ -22,14 +22,12 @@ from typing import Optional
 import numpy as np
 import torch
 
+from composer_imp.data.normalization import NORMALIZATION
+
 __all__ = ['write_mds', 'streaming_datasets', 'ByIndex', 'KINDS']
 
 # kind -> (mean, std) per channel for normalization, and whether training augments (crop 4 + flip)
-KINDS = {
-    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True),
-    'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True),
-    'fashion_mnist': ((0.2860,), (0.3530,), False),
-}
+KINDS = {kind: (*NORMALIZATION[kind], augment) for kind, augment in (('cifar10', True), ('cifar100', True), ('fashion_mnist', False))}
 
 
 def write_mds(images: np.ndarray, labels: np.ndarray, out: str, compression: Optional[str] = None) -> int:
