@@ -45,7 +45,8 @@ def main() -> None:
         results[name] = runs if args.seeds > 1 else [runs]  # one list of rows per seed
 
     dense = [rows[0]['accuracy'] for rows in results['fixed']]
-    # Matching: mean accuracy within one std of the dense accuracy across seeds (0.5 points with one seed).
+    # Matching: mean accuracy within one std of the dense accuracy across seeds (0.5 points with one seed);
+    # 1e-6 absorbs float32 metric rounding (358/360 is not exact), so a tie with the band counts as matching.
     band = statistics.stdev(dense) if len(dense) > 1 else 0.005
     print(f'\n{"run":<18}{"seed":>5}{"levels":>8}{"train steps":>13}{"compute":>12}{"sweep share":>13}{"remaining":>11}'
           f'{"acc":>9}{"dense":>9}{"matching levels":>17}  ratios')
@@ -53,7 +54,7 @@ def main() -> None:
         for seed, rows in enumerate(runs):
             last = rows[-1]
             sweep = sum(r['compute'] - r['steps'] for r in rows)
-            matching = sum(r["accuracy"] >= rows[0]["accuracy"] - band - 1e-9 for r in rows[1:])
+            matching = sum(r["accuracy"] >= rows[0]["accuracy"] - band - 1e-6 for r in rows[1:])
             ratios = ', '.join(f'{r["ratio"]:.2f}' for r in rows[1:])
             print(f'{name:<18}{seed:>5}{len(rows) - 1:>8}{last["cumulative_steps"]:>13}{last["cumulative_compute"]:>12.1f}'
                   f'{sweep / last["cumulative_compute"]:>12.2%}{100 * last["weights_remaining"]:>10.1f}%'
@@ -70,7 +71,7 @@ def main() -> None:
         final = [rows[-1]['accuracy'] for rows in results[name]]
         gap = statistics.fmean(dense) - statistics.fmean(final)
         print(f'{name} final accuracy {100 * statistics.fmean(final):.2f}% vs dense {100 * statistics.fmean(dense):.2f}% '
-              f'(band {100 * band:.2f} points): {"matching" if gap <= band + 1e-9 else "NOT matching"}')
+              f'(band {100 * band:.2f} points): {"matching" if gap <= band + 1e-6 else "NOT matching"}')
     labelled = {f'{name} seed {i}': rows for name, runs in results.items() for i, rows in enumerate(runs)}
     print(plot_accuracy_vs_compute(labelled, os.path.join(args.out, 'accuracy_vs_compute.png')))
 
