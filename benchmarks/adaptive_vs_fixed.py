@@ -55,7 +55,7 @@ def main() -> None:
             last = rows[-1]
             sweep = sum(r['compute'] - r['steps'] for r in rows)
             matching = sum(r["accuracy"] >= rows[0]["accuracy"] - band - 1e-6 for r in rows[1:])
-            ratios = ', '.join(f'{r["ratio"]:.2f}' for r in rows[1:])
+            ratios = ', '.join(f'{r["ratio"]:.3g}' for r in rows[1:])
             print(f'{name:<18}{seed:>5}{len(rows) - 1:>8}{last["cumulative_steps"]:>13}{last["cumulative_compute"]:>12.1f}'
                   f'{sweep / last["cumulative_compute"]:>12.2%}{100 * last["weights_remaining"]:>10.1f}%'
                   f'{100 * last["accuracy"]:>8.2f}%{100 * rows[0]["accuracy"]:>8.2f}%{matching:>11}/{len(rows) - 1:<5}'

@@ -15,7 +15,8 @@ inside the train LCS-set of the dense solution.
    it on a fixed training subsample (eval mode, no augmentation). Larger p prunes a superset of weights,
    so the loss at the projection rises with p: the sweep bisects the candidates on the path's endpoint
    (about log2(#ratios) evaluations) and checks the interior points of the winner only (falling back to
-   smaller ratios if one fails) — the same answer as checking every path, in a few passes. Under Composer's
+   smaller ratios if one fails) — the largest ratio whose whole path passes, in a few passes. Candidates at or
+   below the floor are not evaluated (they cannot change the level's ratio). Under Composer's
    launcher each rank evaluates its share of the subsample and the sums are all-reduced.
    With ``imp.target_sparsity`` set, the ratio that lands exactly on the target is one more candidate.
 3. The level prunes ``max(p*, floor)`` where p* is the largest passing ratio and ``floor = imp.ratio``.
@@ -167,13 +168,16 @@ def sweep_ratio(
     rows: dict[float, dict] = {}
     forwards = 0
 
+    projections: dict[float, dict] = {}  # one magnitude sort per ratio, not per point on its path
+
     def loss_at(ratio: float, beta: float) -> float:
         nonlocal forwards
         row = rows.setdefault(ratio, {'ratio': ratio, 'path_losses': {}, 'within': None})
         if beta not in row['path_losses']:
-            new_mask = magnitude_prune(weights, mask, ratio, scope)
-            projection = {k: (v * new_mask[k].to(v.dtype) if k in new_mask else v) for k, v in weights.items()}
-            point = interpolate(weights, projection, [beta])
+            if ratio not in projections:
+                new_mask = magnitude_prune(weights, mask, ratio, scope)
+                projections[ratio] = {k: (v * new_mask[k].to(v.dtype) if k in new_mask else v) for k, v in weights.items()}
+            point = interpolate(weights, projections[ratio], [beta])
             row['path_losses'][beta] = evaluate_losses(model, point, batches, config.recalibrate_bn, all_reduce)[0]
             forwards += n_samples * (2 if config.recalibrate_bn else 1)
         return row['path_losses'][beta]

@@ -43,6 +43,7 @@ from composer.core import Time, TimeUnit
 from composer.models import ComposerModel
 from composer.utils import dist, ensure_tuple
 from omegaconf import OmegaConf
+from torch import nn
 
 from composer_imp.adaptive import FORWARD_FRACTION_OF_STEP, AdaptiveConfig, LossStatistics, sweep_ratio
 from composer_imp.algorithms import KeepMask
@@ -244,8 +245,8 @@ class LevelOrchestrator:
         mask: Optional[Mask] = None
         for level in range(self.imp.levels + 1):
             if self._verified(level):
-                row = self.folder.read_row(level)
-                mask = load_mask(self.folder.mask(level))
+                row, mask = self._from_rank0((self.folder.read_row(level), load_mask(self.folder.mask(level)))
+                                             if dist.get_global_rank() == 0 else None)
                 self._print(f'level {level:02d} already done ({100 * row["weights_remaining"]:.1f}% weights remaining), skipped')
             else:
                 row, mask = self._train_level(level, mask)
@@ -281,9 +282,7 @@ class LevelOrchestrator:
 
     def _verified(self, level: int) -> bool:
         """Rank 0 checks the level's artifacts against their checksums (removing corrupted ones); all ranks agree."""
-        holder = [self.folder.verify(level) if dist.get_global_rank() == 0 else None]
-        dist.broadcast_object_list(holder, src=0)
-        return bool(holder[0])
+        return bool(self._from_rank0(self.folder.verify(level) if dist.get_global_rank() == 0 else None))
 
     def _print_verdict(self) -> None:
         dense = self.rows[0].get('accuracy')
@@ -307,8 +306,11 @@ class LevelOrchestrator:
         resolved = self._resolved_config()
         if os.path.isfile(self.folder.config) and not self.overwrite:
             previous = OmegaConf.to_container(OmegaConf.load(self.folder.config), resolve=True)
-            changed = [k for k in _changed_keys(previous, resolved)
-                       if k.split(' ')[0] not in RESUMABLE_KEYS and k.split('.')[0] not in RESUMABLE_KEYS]
+            adaptive_unused = not _lookup(previous, 'imp.adaptive.enabled') and not _lookup(resolved, 'imp.adaptive.enabled')
+            changed = [f'{key} ({old!r} -> {new!r})' for key, old, new in _changed_keys(previous, resolved)
+                       if key not in RESUMABLE_KEYS and key.split('.')[0] not in RESUMABLE_KEYS
+                       and old != '<unset>'  # a setting added to composer-imp after the run was made: its default
+                       and not (adaptive_unused and key.startswith('imp.adaptive.'))]
             if changed:
                 raise ValueError(
                     f'{self.folder.root} holds an IMP run made with a different config; changed keys: '
@@ -332,11 +334,16 @@ class LevelOrchestrator:
 
     def _next_mask(self, level: int, previous: Optional[Mask], model: ComposerModel, kwargs: dict) -> tuple[Mask, float, Optional[dict]]:
         """The mask level ``level`` trains under, the ratio that made it and the sweep report (rank 0 decides)."""
-        if os.path.isfile(self.folder.mask(level)) and os.path.isfile(self.folder.selection(level)):
-            # Chosen before an interruption: reuse, never recompute (a sweep might not repeat bit for bit).
+        # Chosen before an interruption: reuse, never recompute (a sweep might not repeat bit for bit). Rank 0
+        # decides and sends it, so every rank takes the same path whatever its filesystem shows.
+        saved = None
+        if dist.get_global_rank() == 0 and os.path.isfile(self.folder.mask(level)) and os.path.isfile(self.folder.selection(level)):
             with open(self.folder.selection(level)) as f:
                 selection = json.load(f)
-            return load_mask(self.folder.mask(level), model), selection['ratio'], selection['sweep']
+            saved = (load_mask(self.folder.mask(level), model), selection['ratio'], selection['sweep'])
+        saved = self._from_rank0(saved)
+        if saved is not None:
+            return saved
         if level == 0:
             return full_mask(model, self.imp.ignore), 0.0, None
         weights = self.folder.load_weights(level - 1) if dist.get_global_rank() == 0 else None
@@ -354,7 +361,7 @@ class LevelOrchestrator:
 
     @staticmethod
     def _from_rank0(value: Any) -> Any:
-        """Rank 0's ``value`` on every rank (no shared filesystem needed)."""
+        """Rank 0's ``value`` on every rank (what rank 0 read from the run folder, without other ranks reading it)."""
         holder = [value]
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
@@ -363,7 +370,7 @@ class LevelOrchestrator:
         """AdaptiveIMP's ratio sweep at the level solution ``weights`` (see composer_imp.adaptive).
 
         Called on every rank: each evaluates its share of the fixed subsample on its own device and the sums are
-        all-reduced, so the sweep takes 1/N of the wall time under N ranks and every rank sees the same numbers.
+        all-reduced, so the work is shared (by whole batches) and every rank sees the same numbers.
         """
         cfg = self.imp.adaptive
         tic = time.perf_counter()
@@ -407,11 +414,11 @@ class LevelOrchestrator:
                 'seconds': time.perf_counter() - tic}
 
     def _landing_ratio(self, mask: Mask) -> Optional[float]:
-        """The ratio of the remaining weights that leaves exactly ``imp.target_sparsity`` (global scope; per-layer
-        rounding can leave a layerwise run a few weights short), if it is a candidate worth trying."""
+        """The ratio of the remaining weights that leaves exactly ``imp.target_sparsity`` (global scope), if it is a
+        candidate worth trying."""
         target = self.imp.target_sparsity
-        if target is None or not self.imp.adaptive.land_on_target:
-            return None
+        if target is None or not self.imp.adaptive.land_on_target or self.imp.scope != 'global':
+            return None  # layerwise: per-layer rounding could stop a few weights short of the target
         report = sparsity_report(mask)
         allowed = math.floor((1.0 - target) * report['total'] + 1e-9)  # weights the target lets us keep
         ratio = (report['remaining'] - allowed) / max(report['remaining'], 1)
@@ -444,7 +451,7 @@ class LevelOrchestrator:
                              'Remove EMA/SWA from algorithms.')
         if level == 0:
             self._check_rewind_before_end(kwargs)
-            self._check_adaptive(kwargs)
+            self._check_adaptive(kwargs, model)
             callbacks.append(RewindCheckpoint(self.imp.rewind, self.folder.rewind))
         else:
             if not os.path.isfile(self.folder.rewind):
@@ -464,9 +471,15 @@ class LevelOrchestrator:
         base = str(self.config.get('run_name') or os.path.basename(self.folder.root) or 'imp')
         return dict(kwargs, model=model, algorithms=algorithms, callbacks=callbacks, run_name=f'{base}-level{level:02d}')
 
-    def _check_adaptive(self, kwargs: dict) -> None:
+    def _check_adaptive(self, kwargs: dict, model: ComposerModel) -> None:
         if not self.imp.adaptive.enabled:
             return
+        if self.imp.adaptive.recalibrate_bn and dist.get_world_size() > 1 and \
+                any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
+            # Its train-mode forward synchronizes across ranks, which hold different numbers of sweep batches.
+            raise ValueError('imp.adaptive.recalibrate_bn cannot recompute SyncBatchNorm statistics under several ranks; '
+                             'set imp.adaptive.recalibrate_bn=false or use plain BatchNorm (the sweep combines '
+                             'BatchNorm statistics across ranks itself).')
         dataset = self._sweep_data(kwargs.get('train_dataloader'))
         try:
             size = len(dataset)
@@ -584,11 +597,18 @@ class LevelOrchestrator:
             print(f'[composer-imp] {message}', flush=True)
 
 
-def _changed_keys(old: Any, new: Any, prefix: str = '') -> list[str]:
+def _changed_keys(old: Any, new: Any, prefix: str = '') -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` for every leaf that differs (``'<unset>'`` where one side lacks it)."""
     if isinstance(old, dict) and isinstance(new, dict):
         keys = sorted(set(old) | set(new))
         return [c for k in keys for c in _changed_keys(old.get(k, '<unset>'), new.get(k, '<unset>'), f'{prefix}{k}.')]
-    return [] if old == new else [f'{prefix[:-1]} ({old!r} -> {new!r})']
+    return [] if old == new else [(prefix[:-1], old, new)]
+
+
+def _lookup(config: dict, dotted: str) -> Any:
+    for part in dotted.split('.'):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
 
 
 def find_ticket(

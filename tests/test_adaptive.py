@@ -63,8 +63,8 @@ def test_sweep_matches_exhaustive_search_with_fewer_passes(trained, recalibrate_
     thresholds = [maxima[0] / 2] + [(a + b) / 2 for a, b in zip(maxima, maxima[1:])] + [maxima[-1] * 2]
     answers = set()
     for threshold in thresholds:
-        expected = max((r for r in cfg.ratios if all(x <= threshold for x in paths[r]) and
-                        all(all(x <= threshold for x in paths[q]) for q in cfg.ratios if q <= r)), default=None)
+        # The rule: the largest ratio whose whole path stays below the threshold.
+        expected = max((r for r in cfg.ratios if all(x <= threshold for x in paths[r])), default=None)
         if expected is not None and expected <= floor:
             expected = None  # the level prunes the floor either way
         result = sweep_ratio(model, weights, mask, batches, threshold, cfg, floor=floor)

@@ -107,6 +107,18 @@ def test_user_recipe_gets_imp_with_all_outputs(tmp_path, user_loaders):
         find_ticket(model_fn, trainer_kwargs_fn, str(tmp_path), IMPConfig(levels=4, ratio=0.5, rewind='5ba'))
     assert (tmp_path / 'summary.json').read_bytes() == before
 
+    # A folder from an older composer-imp (no imp.adaptive.land_on_target, the old 'eval' baseline default) still
+    # resumes: settings it lacks take their defaults, and imp.adaptive.* cannot matter while adaptive is off.
+    from omegaconf import OmegaConf
+    old = OmegaConf.load(tmp_path / 'config.yaml')
+    del old.imp.adaptive['land_on_target']
+    old.imp.adaptive.baseline = 'eval'
+    OmegaConf.save(old, tmp_path / 'config.yaml')
+    assert find_ticket(model_fn, trainer_kwargs_fn, str(tmp_path), IMPConfig(levels=4, ratio=0.2, rewind='5ba')) == more
+    adaptive = IMPConfig(levels=4, ratio=0.2, rewind='5ba', adaptive={'enabled': True})
+    with pytest.raises(ValueError, match=r"imp.adaptive.baseline \('eval' -> 'train'\)"):  # with adaptive on, it does
+        find_ticket(model_fn, trainer_kwargs_fn, str(tmp_path), adaptive)
+
     # The landscape analysis of a Python-API run, with the user's own model and loaders.
     from types import SimpleNamespace
     from composer_imp.analyze import analyze_run
