@@ -245,8 +245,7 @@ class LevelOrchestrator:
         mask: Optional[Mask] = None
         for level in range(self.imp.levels + 1):
             if self._verified(level):
-                row, mask = self._from_rank0((self.folder.read_row(level), load_mask(self.folder.mask(level)))
-                                             if dist.get_global_rank() == 0 else None)
+                row, mask = self._on_rank0(lambda: (self.folder.read_row(level), load_mask(self.folder.mask(level))))
                 self._print(f'level {level:02d} already done ({100 * row["weights_remaining"]:.1f}% weights remaining), skipped')
             else:
                 row, mask = self._train_level(level, mask)
@@ -282,7 +281,7 @@ class LevelOrchestrator:
 
     def _verified(self, level: int) -> bool:
         """Rank 0 checks the level's artifacts against their checksums (removing corrupted ones); all ranks agree."""
-        return bool(self._from_rank0(self.folder.verify(level) if dist.get_global_rank() == 0 else None))
+        return bool(self._on_rank0(lambda: self.folder.verify(level)))
 
     def _print_verdict(self) -> None:
         dense = self.rows[0].get('accuracy')
@@ -306,7 +305,7 @@ class LevelOrchestrator:
         resolved = self._resolved_config()
         if os.path.isfile(self.folder.config) and not self.overwrite:
             previous = OmegaConf.to_container(OmegaConf.load(self.folder.config), resolve=True)
-            adaptive_unused = not _lookup(previous, 'imp.adaptive.enabled') and not _lookup(resolved, 'imp.adaptive.enabled')
+            adaptive_unused = not any(OmegaConf.select(OmegaConf.create(c), 'imp.adaptive.enabled') for c in (previous, resolved))
             changed = [f'{key} ({old!r} -> {new!r})' for key, old, new in _changed_keys(previous, resolved)
                        if key not in RESUMABLE_KEYS and key.split('.')[0] not in RESUMABLE_KEYS
                        and old != '<unset>'  # a setting added to composer-imp after the run was made: its default
@@ -336,33 +335,34 @@ class LevelOrchestrator:
         """The mask level ``level`` trains under, the ratio that made it and the sweep report (rank 0 decides)."""
         # Chosen before an interruption: reuse, never recompute (a sweep might not repeat bit for bit). Rank 0
         # decides and sends it, so every rank takes the same path whatever its filesystem shows.
-        saved = None
-        if dist.get_global_rank() == 0 and os.path.isfile(self.folder.mask(level)) and os.path.isfile(self.folder.selection(level)):
-            with open(self.folder.selection(level)) as f:
-                selection = json.load(f)
-            saved = (load_mask(self.folder.mask(level), model), selection['ratio'], selection['sweep'])
-        saved = self._from_rank0(saved)
+        saved = self._on_rank0(lambda: self._saved_selection(level, model))
         if saved is not None:
             return saved
         if level == 0:
             return full_mask(model, self.imp.ignore), 0.0, None
-        weights = self.folder.load_weights(level - 1) if dist.get_global_rank() == 0 else None
         ratio, sweep = float(self.imp.ratio), None
         if self.imp.adaptive.enabled:
             # Every rank sweeps on its share of the subsample (results all-reduced); rank 0's choice is broadcast.
-            weights = self._from_rank0(weights)
+            weights = self._on_rank0(lambda: self.folder.load_weights(level - 1))
             sweep = self._sweep(model, weights, previous, kwargs)
             ratio = max(sweep['chosen'] or 0.0, float(self.imp.ratio))
             sweep['pruned'] = ratio
-        holder = [(magnitude_prune(weights, previous, ratio, self.imp.scope), ratio, sweep)
-                  if dist.get_global_rank() == 0 else None]
-        dist.broadcast_object_list(holder, src=0)
-        return holder[0]
+        else:
+            weights = self.folder.load_weights(level - 1) if dist.get_global_rank() == 0 else None
+        return self._on_rank0(lambda: (magnitude_prune(weights, previous, ratio, self.imp.scope), ratio, sweep))
+
+    def _saved_selection(self, level: int, model: ComposerModel) -> Optional[tuple[Mask, float, Optional[dict]]]:
+        """The mask, ratio and sweep report chosen for ``level`` before an interruption, if both files exist."""
+        if not (os.path.isfile(self.folder.mask(level)) and os.path.isfile(self.folder.selection(level))):
+            return None
+        with open(self.folder.selection(level)) as f:
+            selection = json.load(f)
+        return load_mask(self.folder.mask(level), model), selection['ratio'], selection['sweep']
 
     @staticmethod
-    def _from_rank0(value: Any) -> Any:
-        """Rank 0's ``value`` on every rank (what rank 0 read from the run folder, without other ranks reading it)."""
-        holder = [value]
+    def _on_rank0(compute: Callable[[], Any]) -> Any:
+        """``compute()`` run on rank 0 only (it reads the run folder) and its result sent to every rank."""
+        holder = [compute() if dist.get_global_rank() == 0 else None]
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
@@ -391,8 +391,7 @@ class LevelOrchestrator:
             if cfg.baseline == 'eval' and ref_level == 0 and self._dense_sweep_loss is not None:
                 dense = self._dense_sweep_loss  # the dense solution on the same fixed subsample: measured once per run
             elif cfg.baseline == 'eval':
-                ref_weights = self._from_rank0(self.folder.load_weights(0) if dist.get_global_rank() == 0 else None) \
-                    if ref_level == 0 else weights
+                ref_weights = self._on_rank0(lambda: self.folder.load_weights(0)) if ref_level == 0 else weights
                 dense = evaluate_losses(model, [ref_weights], batches, cfg.recalibrate_bn, all_reduce=spread)[0]
                 forwards += cfg.subsample * (2 if cfg.recalibrate_bn else 1)
                 if ref_level == 0:
@@ -603,12 +602,6 @@ def _changed_keys(old: Any, new: Any, prefix: str = '') -> list[tuple[str, Any, 
         keys = sorted(set(old) | set(new))
         return [c for k in keys for c in _changed_keys(old.get(k, '<unset>'), new.get(k, '<unset>'), f'{prefix}{k}.')]
     return [] if old == new else [(prefix[:-1], old, new)]
-
-
-def _lookup(config: dict, dotted: str) -> Any:
-    for part in dotted.split('.'):
-        config = config.get(part) if isinstance(config, dict) else None
-    return config
 
 
 def find_ticket(

@@ -11,6 +11,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+def normalized(images, kind: str) -> torch.Tensor:
+    """uint8 CIFAR images (N, 3, H, W) as the loaders should serve them: in [0, 1], then per-channel normalized."""
+    from composer_imp.data.normalization import NORMALIZATION
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZATION[kind])
+    return (torch.as_tensor(images).float() / 255 - mean) / std
+
+
 @pytest.fixture(scope='session')
 def digits_loaders():
     from composer_imp.data import build_dataloaders, build_datasets

@@ -10,7 +10,7 @@ if os.environ.get('CI') != 'true':  # CI installs FFCV's system libraries and ff
     pytest.importorskip('ffcv', reason="ffcv is not installed (apt-get install -y pkg-config libopencv-dev "
                         "libturbojpeg0-dev; pip install -e '.[ffcv]')")
 
-from conftest import ROOT
+from conftest import ROOT, normalized
 from test_recipes import TINY, _write_cifar, _write_imagefolder
 
 
@@ -38,13 +38,11 @@ def test_cifar_to_beton_then_train_imp(tmp_path, capsys):
 
     # AdaptiveIMP from .beton: its fixed subsample is read by index with the evaluation pipeline
     from composer_imp.data import raw_arrays
-    from composer_imp.data.normalization import NORMALIZATION
     from composer_imp.data.ffcv import BetonExamples
     examples = BetonExamples(str(tmp_path / 'ffcv'), 'cifar10')
     (bx, by), = examples.batches([57, 3, 88], 3)
     images, labels = raw_arrays('cifar10', str(tmp_path / 'data'))['train']
-    mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZATION['cifar10'])
-    expected = (torch.from_numpy(images[[57, 3, 88]]).float() / 255 - mean) / std
+    expected = normalized(images[[57, 3, 88]], 'cifar10')
     assert len(examples) == 100 and by.tolist() == labels[[57, 3, 88]].tolist()
     assert torch.allclose(bx, expected, atol=1e-5)
     code = run.main(['-f', os.path.join(ROOT, 'yamls', 'cifar10_resnet20_imp.yaml'), f'save_folder={tmp_path / "adaptive"}',

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, normalized
 
 RECIPES = sorted(glob.glob(os.path.join(ROOT, 'yamls', '*.yaml')))
 TINY = ['imp.levels=1', 'imp.rewind=2ba', 'max_duration=4ba', 'eval_interval=4ba', 'data.num_workers=0',
@@ -110,12 +110,9 @@ def test_mcloud_yaml_parses_with_mcli_and_holds_a_valid_recipe():
 def test_sweep_data_is_the_training_set_without_augmentation(tmp_path):
     """AdaptiveIMP's fixed subsample must not change between levels: no random crop or flip in it."""
     from composer_imp.data import make_loaders, raw_arrays
-    from composer_imp.data.normalization import NORMALIZATION
     _write_cifar(tmp_path / 'data', 10)
     sweep, train_loader, _ = make_loaders('cifar10', {'data_root': str(tmp_path / 'data')}, {'batch_size': 10})
-    raw_images = torch.from_numpy(raw_arrays('cifar10', str(tmp_path / 'data'))['train'][0])
-    mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZATION['cifar10'])
-    expected = (raw_images.float() / 255 - mean) / std
+    expected = normalized(raw_arrays('cifar10', str(tmp_path / 'data'))['train'][0], 'cifar10')
     assert len(sweep) == len(train_loader.dataset) == 100
     assert all(torch.equal(sweep[i][0], expected[i]) for i in range(100))
     torch.manual_seed(0)

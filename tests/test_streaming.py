@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, normalized
 from test_recipes import TINY, _write_cifar
 
 
@@ -14,7 +14,6 @@ def test_cifar100_reads_the_same_from_files_and_from_mds_shards(tmp_path):
     # One normalization table for every loader: CIFAR-100 used CIFAR-10's statistics in the in-memory loader only.
     from composer_imp.data import build_datasets, raw_arrays, without_augmentation
     from composer_imp.data.convert import main as convert
-    from composer_imp.data.normalization import NORMALIZATION
     _write_cifar(tmp_path / 'data', 100)
     assert convert(['--dataset', 'cifar100', '--data-root', str(tmp_path / 'data'), '--out', str(tmp_path / 'mds')]) == 0
     mem_train, mem_val = build_datasets('cifar100', data_root=str(tmp_path / 'data'))
@@ -23,9 +22,8 @@ def test_cifar100_reads_the_same_from_files_and_from_mds_shards(tmp_path):
     for i in (0, 7, 19):
         assert torch.allclose(val[i][0], mem_val[i][0], atol=1e-6) and int(val[i][1]) == int(mem_val[i][1])
         assert torch.allclose(view[i][0], mem_view[i][0], atol=1e-6)
-    mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZATION['cifar100'])
     raw = raw_arrays('cifar100', str(tmp_path / 'data'))['train'][0]
-    assert torch.allclose(mem_view[3][0] * std + mean, torch.from_numpy(raw[3]).float() / 255, atol=1e-6)
+    assert torch.allclose(mem_view[3][0], normalized(raw[3:4], 'cifar100')[0], atol=1e-6)
     del train, val, view  # Streaming allows one instance per local folder at a time
 
 
@@ -46,10 +44,8 @@ def test_convert_then_train_imp_from_mds_shards(tmp_path, capsys):
     assert int(y) == int(my) == int(raw['val'][1][3]) and torch.allclose(x, mx)
     # the sweep's view of the training shards: every sample, decoded without crop or flip
     from composer_imp.data import without_augmentation
-    from composer_imp.data.normalization import NORMALIZATION
     view = without_augmentation(train)
-    mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZATION['cifar10'])
-    expected = (torch.from_numpy(raw['train'][0][:100]).float() / 255 - mean) / std
+    expected = normalized(raw['train'][0][:100], 'cifar10')
     assert len(view) == 100 and all(torch.allclose(view[i][0], expected[i], atol=1e-6) for i in range(0, 100, 7))
     del train, val, view  # Streaming allows one instance per local folder at a time
 
