@@ -7,6 +7,7 @@ Overrides are OmegaConf dotted keys (imp.levels=3 seed=2 optimizer.lr=0.05).
 """
 
 import argparse
+import logging
 import sys
 
 
@@ -18,6 +19,8 @@ def main(argv=None) -> int:
     parser.add_argument('overrides', nargs='*', help='dotted key=value overrides')
     args = parser.parse_args(argv)
 
+    logging.basicConfig(format='[composer-imp] %(message)s')
+    logging.getLogger('composer_imp').setLevel(logging.INFO)  # the level lines; Composer's own stay at WARNING
     from composer_imp.config import ConfigError, load_config
     from composer_imp.faults import TrainingDiverged
     from composer_imp.recipes import run_config

@@ -1,133 +1,192 @@
-"""AdaptiveIMP (§2.2 of the paper): choose each level's pruning ratio so the pruned solution stays
-inside the train LCS-set of the dense solution.
+"""``AdaptiveIMP`` (§2.2 of the paper): choose each level's pruning ratio so the pruned solution stays
+inside the train LCS-set of the dense solution. A drop-in replacement for :class:`~composer_imp.imp.IMP`.
 
-1. ε: :class:`LossStatistics` records the per-batch training loss over the last epoch of the dense run
-   (under DDP the all-reduced global loss, identical on every rank); ε is its standard deviation.
+1. ε: the standard deviation of the per-batch training loss over the last epoch of the dense run (under DDP
+   the all-reduced global loss), recorded by :class:`~composer_imp.loss_statistics.LossStatistics`.
    Threshold = dense loss + ε, where the dense loss is, by ``baseline``:
    ``'train'`` (default; the paper's wording) the mean train-mode batch loss of the last epoch, the same
    batches ε comes from; or ``'eval'`` the eval-mode loss of the dense solution on the sweep subsample —
-   the measurement the sweep makes, lower than the train-mode mean (no batch statistics, dropout or
-   augmentation, weights at the end of the epoch), so a stricter threshold. Measured with
-   ``benchmarks/adaptive_vs_fixed.py`` (both side by side; numbers in the README): ``'train'`` admits larger
-   ratios (fewer levels) and its final tickets matched on Fashion-MNIST and the quickstart.
-2. Sweep at the level-L solution ``w_L``: for a candidate ratio p, prune p of the remaining weights to
-   get the projection ``m_p ⊙ w_L`` and evaluate the training loss along the linear path from ``w_L`` to
-   it on a fixed training subsample (eval mode, no augmentation). Larger p prunes a superset of weights,
-   so the loss at the projection rises with p: the sweep bisects the candidates on the path's endpoint
-   (about log2(#ratios) evaluations) and checks the interior points of the winner only (falling back to
-   smaller ratios if one fails) — the largest ratio whose whole path passes, in a few passes. Candidates at or
-   below the floor are not evaluated (they cannot change the level's ratio). Under Composer's
-   launcher each rank evaluates its share of the subsample and the sums are all-reduced.
-   With ``imp.target_sparsity`` set, the ratio that lands exactly on the target is one more candidate.
-3. The level prunes ``max(p*, floor)`` where p* is the largest passing ratio and ``floor = imp.ratio``.
+   the measurement the sweep makes.
+2. Sweep at the level-L solution ``w_L`` (:func:`sweep_ratio`, the functional form): for a candidate ratio p,
+   prune p of the remaining weights to get the projection ``m_p ⊙ w_L`` and evaluate the training loss along
+   the linear path from ``w_L`` to it on a fixed training subsample (eval mode, no augmentation). Larger p
+   prunes a superset of weights, so the loss at the projection rises with p: the sweep bisects the candidates
+   on the path's endpoint and checks the interior points of the winner only (falling back to smaller ratios if
+   one fails). Candidates at or below the floor are not evaluated. Under Composer's launcher each rank
+   evaluates its share of the subsample and the sums are all-reduced. With ``target_sparsity`` set in
+   :func:`~composer_imp.find_ticket`, the ratio that lands exactly on the target is one more candidate.
+3. The level prunes ``max(p*, floor)`` where p* is the largest passing ratio and ``floor = ratio``.
 
 Compute accounting: one forward pass of one sample counts as 1/3 of that sample's training step
 (forward + backward ≈ 3 forwards), so ``step_equivalents = forward_samples / (3 × global batch size)``.
+
+Example:
+    >>> AdaptiveIMP(ratio=0.2, rewind='1ep', subsample=512)
+    AdaptiveIMP(ratio=0.2, rewind='1ep', ignore=[], scope='global', ratios=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], path_points=[0.25, 0.5, 0.75, 1.0], subsample=512, batch_size=512, baseline='train', recalibrate_bn=True, reference='dense', land_on_target=True)
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
-from composer.core import Callback, State
-from composer.loggers import Logger
+from composer.core import State, Time
 from composer.models import ComposerModel
 from composer.utils import dist
+from torch import nn
 
-from composer_imp.evaluate import evaluate_losses, interpolate
-from composer_imp.masks import magnitude_prune
+from composer_imp.evaluate import evaluate_losses, fixed_subsample, interpolate, without_augmentation
+from composer_imp.imp import IMP
+from composer_imp.masks import Mask, magnitude_prune, sparsity_report, unwrap_model
 
-__all__ = ['AdaptiveConfig', 'LossStatistics', 'SweepResult', 'sweep_ratio', 'FORWARD_FRACTION_OF_STEP']
+__all__ = ['AdaptiveIMP', 'SweepResult', 'sweep_ratio', 'FORWARD_FRACTION_OF_STEP']
 
 FORWARD_FRACTION_OF_STEP = 1.0 / 3.0
+DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-@dataclass
-class AdaptiveConfig:
-    """The ``imp.adaptive`` section.
+class AdaptiveIMP(IMP):
+    """IMP whose per-level ratio is the largest that keeps the pruned solution in the dense train LCS-set.
 
-    Attributes:
-        enabled: choose ratios by the sweep (otherwise every level prunes ``imp.ratio``).
+    Args:
+        ratio: the floor: every level prunes at least this fraction of the remaining weights.
+        rewind, ignore, scope: as :class:`~composer_imp.imp.IMP`.
         ratios: candidate ratios of the remaining weights, each in (0, 1).
         path_points: points β in (0, 1] on the path from ``w_L`` (β=0) to its projection (β=1).
         subsample: training examples the sweep evaluates on (fixed for the whole run).
         batch_size: evaluation batch size of the sweep.
-        baseline: ``'eval'`` or ``'train'``: which dense loss the threshold adds ε to (see module doc).
+        baseline: ``'train'`` or ``'eval'``: which dense loss the threshold adds ε to (see the module doc).
         recalibrate_bn: recompute BatchNorm statistics of every evaluated network on the subsample
             before evaluating it (one more forward pass per point, counted in the compute).
         reference: ``'dense'`` (the paper): the threshold is the dense solution's loss + ε at every level;
-            ``'level'``: the loss of the level solution being pruned + ε (the LCS-set of ``w_L`` itself, as in
-            Definition 2.1), which lets later levels prune more when they end slightly above the dense loss.
-        land_on_target: with ``imp.target_sparsity`` set, also try the ratio that lands exactly on the
-            target (when it exceeds the floor ``imp.ratio``): a candidate like the others, chosen only if its
-            whole path stays below the threshold. Without it a grid ratio can stop a hair short of the target
-            (10.1% left for a 10% goal) and cost a whole extra level.
+            ``'level'``: the loss of the level solution being pruned + ε (the LCS-set of ``w_L`` itself).
+        land_on_target: with a ``target_sparsity``, also try the ratio that lands exactly on it (global scope).
+        sweep_data: un-augmented training examples for the fixed subsample: a map-style dataset, or an object
+            with ``__len__`` and ``batches(indices, batch_size)`` (FFCV's
+            :class:`~composer_imp.data.ffcv.BetonExamples`). Default: the training loader's dataset seen through
+            :func:`~composer_imp.evaluate.without_augmentation`. Not part of the run's settings.
     """
 
-    enabled: bool = False
-    ratios: list = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
-    path_points: list = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
-    subsample: int = 1024
-    batch_size: int = 512
-    baseline: str = 'train'
-    recalibrate_bn: bool = True
-    reference: str = 'dense'
-    land_on_target: bool = True
-
-    def validate(self) -> None:
-        if not self.ratios:
-            raise ValueError('imp.adaptive.ratios is empty; give candidate ratios such as [0.1, 0.2, ..., 0.9].')
-        bad = [r for r in self.ratios if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1]
+    def __init__(self, ratio: float = 0.2, rewind: Union[str, int, Time] = '0ba', ignore: Iterable[str] = (),
+                 scope: str = 'global', ratios: Sequence[float] = DEFAULT_RATIOS,
+                 path_points: Sequence[float] = (0.25, 0.5, 0.75, 1.0), subsample: int = 1024, batch_size: int = 512,
+                 baseline: str = 'train', recalibrate_bn: bool = True, reference: str = 'dense',
+                 land_on_target: bool = True, sweep_data: Any = None):
+        super().__init__(ratio, rewind, ignore, scope)
+        ratios, path_points = list(ratios), list(path_points)
+        if not ratios:
+            raise ValueError('AdaptiveIMP ratios is empty; give candidate ratios such as [0.1, 0.2, ..., 0.9].')
+        bad = [r for r in ratios if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1]
         if bad:
-            raise ValueError(f'imp.adaptive.ratios must all lie strictly between 0 and 1; got {bad}.')
-        if not self.path_points or any(not 0 < b <= 1 for b in self.path_points):
-            raise ValueError(f'imp.adaptive.path_points must be points β in (0, 1] on the path; got {list(self.path_points)}.')
-        if not isinstance(self.subsample, int) or self.subsample < 1:
-            raise ValueError(f'imp.adaptive.subsample must be a positive number of training examples; got {self.subsample!r}.')
-        if self.batch_size < 1:
-            raise ValueError(f'imp.adaptive.batch_size must be positive; got {self.batch_size}.')
-        if self.baseline not in ('eval', 'train'):
-            raise ValueError(f"imp.adaptive.baseline must be 'eval' or 'train'; got {self.baseline!r}.")
-        if self.reference not in ('dense', 'level'):
-            raise ValueError(f"imp.adaptive.reference must be 'dense' or 'level'; got {self.reference!r}.")
+            raise ValueError(f'AdaptiveIMP ratios must all lie strictly between 0 and 1; got {bad}.')
+        if not path_points or any(not 0 < b <= 1 for b in path_points):
+            raise ValueError(f'AdaptiveIMP path_points must be points β in (0, 1] on the path; got {path_points}.')
+        if isinstance(subsample, bool) or not isinstance(subsample, int) or subsample < 1:
+            raise ValueError(f'AdaptiveIMP subsample must be a positive number of training examples; got {subsample!r}.')
+        if batch_size < 1:
+            raise ValueError(f'AdaptiveIMP batch_size must be positive; got {batch_size}.')
+        if baseline not in ('eval', 'train'):
+            raise ValueError(f"AdaptiveIMP baseline must be 'eval' or 'train'; got {baseline!r}.")
+        if reference not in ('dense', 'level'):
+            raise ValueError(f"AdaptiveIMP reference must be 'dense' or 'level'; got {reference!r}.")
+        self.ratios, self.path_points = [float(r) for r in ratios], [float(b) for b in path_points]
+        self.subsample, self.batch_size = subsample, batch_size
+        self.baseline, self.recalibrate_bn, self.reference = baseline, recalibrate_bn, reference
+        self.land_on_target = land_on_target
+        self.sweep_data = sweep_data
 
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), 'ratios': self.ratios, 'path_points': self.path_points,
+                'subsample': self.subsample, 'batch_size': self.batch_size, 'baseline': self.baseline,
+                'recalibrate_bn': self.recalibrate_bn, 'reference': self.reference,
+                'land_on_target': self.land_on_target}
 
-class LossStatistics(Callback):
-    """Records per-batch training losses of the last full epoch: ``mean`` and ``std`` (= ε) after fit."""
+    def check(self, state: State) -> None:
+        """Refuse, before any training, a setup the sweep cannot run on (called by the level loop at level 0)."""
+        super().check(state)
+        if self.recalibrate_bn and dist.get_world_size() > 1 and \
+                any(isinstance(m, nn.SyncBatchNorm) for m in state.model.modules()):
+            # Its train-mode forward synchronizes across ranks, which hold different numbers of sweep batches.
+            raise ValueError('AdaptiveIMP recalibrate_bn cannot recompute SyncBatchNorm statistics under several '
+                             'ranks; set recalibrate_bn=False or use plain BatchNorm (the sweep combines BatchNorm '
+                             'statistics across ranks itself).')
+        dataset = self._sweep_data(state)
+        try:
+            size = len(dataset)
+        except TypeError:
+            raise ValueError('AdaptiveIMP needs training examples with a length to draw its fixed subsample from; '
+                             f'{type(dataset).__name__} has none: pass sweep_data=.') from None
+        if self.subsample > size:
+            raise ValueError(f'AdaptiveIMP subsample={self.subsample} is larger than the training set ({size} '
+                             f'examples); choose at most {size}.')
 
-    def __init__(self):
-        self.current: list[float] = []
-        self.last_epoch: list[float] = []
+    def _sweep_data(self, state: State) -> Any:
+        if self.sweep_data is not None:
+            return self.sweep_data
+        loader = state.train_dataloader
+        if not hasattr(loader, 'dataset'):
+            raise ValueError(f'AdaptiveIMP needs training examples for its sweep, and the train_dataloader '
+                             f'({type(loader).__name__}) has no map-style .dataset; pass sweep_data= '
+                             '(for FFCV: composer_imp.data.ffcv.BetonExamples(root, kind)).')
+        return without_augmentation(loader.dataset)
 
-    def epoch_start(self, state: State, logger: Logger) -> None:
-        self.current = []  # Composer fires EPOCH_START only at batch 0 of an epoch, also when resuming
+    def choose_ratio(self, state: State, solution: Mapping[str, torch.Tensor], mask: Mask, dense_row: dict,
+                     dense_weights: Callable[[], dict], target_sparsity: Optional[float] = None,
+                     level_row: Optional[dict] = None) -> tuple[float, Optional[dict]]:
+        """The sweep at ``solution`` (``w_L``, on every rank): ``(ratio to prune, sweep report)``.
 
-    def batch_end(self, state: State, logger: Logger) -> None:
-        # total_loss_dict is already all-reduced across ranks by the Trainer: the global batch loss.
-        loss = state.total_loss_dict.get('loss/train/total')
-        if loss is not None:
-            self.current.append(float(loss))
+        Every rank evaluates its share of the fixed subsample on the Trainer's device and the sums are all-reduced,
+        so every rank takes the same decision. The model's own weights are restored afterwards.
+        """
+        if dense_row.get('epsilon') is None:
+            raise ValueError('AdaptiveIMP needs ε, the standard deviation of the dense run\'s per-batch training loss '
+                             'over its last epoch, which level 0 did not record (fewer than 2 batches, or a run made '
+                             'before adaptive existed); start a new run (another save_folder or overwrite).')
+        tic = time.perf_counter()
+        model = unwrap_model(state.model)
+        saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        spread = dist.get_world_size() > 1
+        batches = fixed_subsample(self._sweep_data(state), self.subsample, self.batch_size, seed=0, rank_share=True)
+        forwards = 0
+        reference = level_row if self.reference == 'level' and level_row is not None else dense_row
+        try:
+            if self.baseline == 'eval':
+                ref_weights = dense_weights() if reference is dense_row else solution
+                dense = evaluate_losses(model, [ref_weights], batches, self.recalibrate_bn, all_reduce=spread)[0]
+                forwards += self.subsample * (2 if self.recalibrate_bn else 1)
+            else:
+                dense = reference['train_loss_mean']
+            threshold = dense + dense_row['epsilon']  # ε always from the dense run's last epoch
+            landing = self._landing_ratio(mask, target_sparsity)
+            ratios = [*self.ratios, landing] if landing is not None else self.ratios
+            result = sweep_ratio(model, solution, mask, batches, threshold, ratios, self.path_points,
+                                 self.recalibrate_bn, self.scope, all_reduce=spread, floor=self.ratio)
+        finally:
+            model.load_state_dict(saved)
+        forwards += result.forward_samples
+        loader = state.train_dataloader
+        global_batch = (getattr(loader, 'batch_size', None) or 1) * dist.get_world_size()
+        ratio = max(result.ratio or 0.0, self.ratio)
+        return ratio, {'epsilon': dense_row['epsilon'], 'baseline': self.baseline, 'reference': self.reference,
+                       'dense_loss': dense, 'threshold': threshold, 'landing_ratio': landing, 'table': result.table,
+                       'chosen': result.ratio, 'pruned': ratio, 'forward_samples': forwards,
+                       'step_equivalents': forwards * FORWARD_FRACTION_OF_STEP / global_batch,
+                       'seconds': time.perf_counter() - tic}
 
-    def epoch_end(self, state: State, logger: Logger) -> None:
-        self.last_epoch = list(self.current)
-
-    # Travels in Composer checkpoints, so a dense level resumed mid-epoch keeps the losses seen before.
-    def state_dict(self) -> dict:
-        return {'current': list(self.current), 'last_epoch': list(self.last_epoch)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.current = list(state.get('current', []))
-        self.last_epoch = list(state.get('last_epoch', []))
-
-    def result(self) -> dict:
-        losses = self.last_epoch or self.current  # a run shorter than an epoch uses what it has
-        t = torch.tensor(losses, dtype=torch.float64)
-        return {'train_loss_mean': float(t.mean()) if len(losses) else None,
-                'epsilon': float(t.std()) if len(losses) >= 2 else None,  # needs two batches
-                'epsilon_batches': len(losses)}
+    def _landing_ratio(self, mask: Mask, target: Optional[float]) -> Optional[float]:
+        """The ratio of the remaining weights that leaves exactly ``target`` sparsity, if worth trying."""
+        if target is None or not self.land_on_target or self.scope != 'global':
+            return None  # layerwise: per-layer rounding could stop a few weights short of the target
+        report = sparsity_report(mask)
+        allowed = math.floor((1.0 - target) * report['total'] + 1e-9)  # weights the target lets us keep
+        ratio = (report['remaining'] - allowed) / max(report['remaining'], 1)
+        # At or below the floor, the floor itself reaches the target; the grid's own ratios need no second try.
+        if not self.ratio < ratio < 1 or ratio in self.ratios:
+            return None
+        return ratio
 
 
 @dataclass
@@ -144,7 +203,9 @@ def sweep_ratio(
     mask: Mapping[str, torch.Tensor],
     batches: Sequence,
     threshold: float,
-    config: AdaptiveConfig,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    path_points: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+    recalibrate_bn: bool = True,
     scope: str = 'global',
     all_reduce: bool = False,
     floor: float = 0.0,
@@ -163,8 +224,8 @@ def sweep_ratio(
         total = torch.tensor([n_samples], dtype=torch.int64, device=next(model.parameters()).device)
         dist.all_reduce(total)
         n_samples = int(total.item())
-    betas = sorted(set(float(b) for b in config.path_points))
-    ratios = sorted(set(float(r) for r in config.ratios if r > floor))
+    betas = sorted(set(float(b) for b in path_points))
+    ratios = sorted(set(float(r) for r in ratios if r > floor))
     rows: dict[float, dict] = {}
     forwards = 0
 
@@ -178,8 +239,8 @@ def sweep_ratio(
                 new_mask = magnitude_prune(weights, mask, ratio, scope)
                 projections[ratio] = {k: (v * new_mask[k].to(v.dtype) if k in new_mask else v) for k, v in weights.items()}
             point = interpolate(weights, projections[ratio], [beta])
-            row['path_losses'][beta] = evaluate_losses(model, point, batches, config.recalibrate_bn, all_reduce)[0]
-            forwards += n_samples * (2 if config.recalibrate_bn else 1)
+            row['path_losses'][beta] = evaluate_losses(model, point, batches, recalibrate_bn, all_reduce)[0]
+            forwards += n_samples * (2 if recalibrate_bn else 1)
         return row['path_losses'][beta]
 
     def ok(value: float) -> bool:

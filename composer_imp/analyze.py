@@ -1,257 +1,33 @@
-"""Error-landscape analysis of a finished (or partial) IMP run.
+"""The analysis command: the error landscape of a finished IMP run made from a YAML recipe.
 
-    python -m composer_imp.analyze SAVE_FOLDER [--betas 0,0.1,...,1] [--tolerance 0.01] [--recalibrate-bn]
+    python -m composer_imp.analyze SAVE_FOLDER [--betas 0,0.1,...,1] [--tolerance 0.01] [--recalibrate-bn] [--planes 21]
 
-Rebuilds the run's model and eval data from ``SAVE_FOLDER/config.yaml``, then computes for the trained
-levels: test error and loss, error along the linear path between successive levels with the error barrier,
-the pairwise matrix (max error on the path and barrier) over all levels, which levels are matching
-(error ≤ dense error + tolerance), which successive pairs are linearly connected (barrier ≤ tolerance), and
-whether "connected iff matching" holds. Writes ``SAVE_FOLDER/analysis/analysis.json``, figures and ``report.md``.
-
-``analysis.json`` schema::
-
-    {"settings": {"tolerance", "betas", "recalibrate_bn", "pairwise": bool, "plane_grid": int},
-     "tolerance": float, "betas": [float], "recalibrate_bn": bool,
-     "levels": [{"level", "weights_remaining", "error", "loss", "matching"}],
-     "successive": [{"from", "to", "betas", "errors", "losses", "barrier", "max_error",
-                     "connected", "both_matching"}],
-     "pairwise": {"levels": [int], "max_error": [[float|null]], "barrier": [[float|null]]},
-     "planes": [{"level": L, "alphas": [float], "betas": [float], "errors": [[float]]}],   # errors[beta][alpha]
-     "connected_iff_matching": bool}
+Rebuilds the run's recipe from ``SAVE_FOLDER/config.yaml`` (the one place outside ``run.py`` that does), takes
+the model as the recipe's Trainer holds it, and runs :func:`composer_imp.analysis.analyze_run` — or
+:func:`composer_imp.replicates.analyze_replicates` on a folder of ``replicate_XX`` runs. For a run made from
+Python, call those functions with your own model and eval loader.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import os
 import sys
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from composer_imp.artifacts import RunFolder, atomic_write_text
-import torch
-from composer.utils import dist
-from torch.utils.data import DataLoader, Subset
+from composer_imp.analysis import analyze_run
+from composer_imp.artifacts import RunFolder, replicate_folders
+from composer_imp.config import config_from_dict
+from composer_imp.connectivity import DEFAULT_BETAS
+from composer_imp.recipes import build_recipe
+from composer_imp.replicates import analyze_replicates
 
-from composer_imp.connectivity import DEFAULT_BETAS, linear_path, plane_slice
-from composer_imp.evaluate import evaluate, fixed_subsample, local_device
+__all__ = ['main']
 
-__all__ = ['analyze_run']
-
-SETTINGS = ('tolerance', 'betas', 'recalibrate_bn', 'pairwise', 'plane_grid')
-
-
-class _Cache:
-    """``analysis/cache/``: one JSON per finished evaluation (a level, a path, a plane), keyed by the settings and
-    the SHA-256 of the weights it read. An interrupted analysis resumes from it; changed weights are recomputed."""
-
-    def __init__(self, root: str, digests: dict[int, str], settings: dict):
-        self.dir = os.path.join(root, 'cache')
-        self.digests, self.settings = digests, settings
-        self.reused = 0
-
-    def _key(self, levels: Sequence[int]) -> dict:
-        return {'settings': self.settings, 'weights': [self.digests[l] for l in levels]}
-
-    def get(self, name: str, levels: Sequence[int]):
-        value = None
-        if dist.get_global_rank() == 0:  # rank 0 decides, so every rank takes the same branch
-            try:
-                with open(os.path.join(self.dir, f'{name}.json')) as f:
-                    entry = json.load(f)
-                value = entry['value'] if entry.get('key') == self._key(levels) else None
-            except (OSError, ValueError, KeyError):
-                pass
-        holder = [value]
-        dist.broadcast_object_list(holder, src=0)
-        self.reused += holder[0] is not None
-        return holder[0]
-
-    def put(self, name: str, levels: Sequence[int], value):
-        if dist.get_global_rank() == 0:
-            os.makedirs(self.dir, exist_ok=True)
-            atomic_write_text(json.dumps({'key': self._key(levels), 'value': value}), os.path.join(self.dir, f'{name}.json'))
-        return value
-
-    def path(self, name: str, levels: Sequence[int], compute):
-        hit = self.get(name, levels)
-        return hit if hit is not None else self.put(name, levels, compute())
-
-
-def analyze_run(
-    save_folder: str,
-    betas: Sequence[float] = DEFAULT_BETAS,
-    tolerance: Optional[float] = None,
-    recalibrate_bn: bool = False,
-    pairwise: bool = True,
-    planes: int = 0,
-    overwrite: bool = False,
-    recipe: Any = None,
-) -> dict:
-    """Analyse the trained levels of the IMP run in ``save_folder``; returns (and writes) the analysis dict.
-
-    Resumable: every finished evaluation is kept in ``analysis/cache/`` and reused when the same command runs
-    again (after an interruption, or when more levels have been trained since). An existing ``analysis.json``
-    made with other settings is never replaced silently: that is an error unless ``overwrite``.
-
-    ``recipe``: the :class:`~composer_imp.recipes.Recipe` the run was trained with, when analysing in the same
-    process (its loaders are reused: Streaming allows one dataset per folder); default: rebuilt from ``config.yaml``.
-    A run made from Python with :func:`~composer_imp.orchestrator.find_ticket` passes any object with its
-    ``model_fn``, ``trainer_kwargs_fn`` and ``eval_dataloader`` (and optionally ``sweep_data``: un-augmented
-    training examples for ``recalibrate_bn``; default the training loader's dataset).
-
-    ``tolerance`` (matching / connectivity): default ε of the replicate analysis this run belongs to, else 0.01.
-
-    ``planes > 0`` adds, for each successive pair (L, L+1), the ``planes × planes`` error slice of the plane
-    through ``w_L``, its projection ``m_{L+1} ⊙ w_L`` and ``w_{L+1}`` (Figure 3).
-    """
-    from composer_imp.config import config_from_dict
-    from composer_imp.recipes import build_recipe
-
-    folder = RunFolder(save_folder)
-    if not os.path.isfile(folder.config):
-        raise FileNotFoundError(f'{folder.root} is not an IMP run: {folder.config} is missing '
-                                '(point at the save_folder of a run made by run.py).')
-    levels = folder.levels_done()
-    if len(levels) < 2:
-        raise ValueError(f'{folder.root} has {len(levels)} finished level(s) ({levels}); the analysis needs at least '
-                         'levels 0 and 1 (level_XX/level.json, mask.pt and weights.pt).')
-    if 0.0 not in betas or 1.0 not in betas:
-        raise ValueError('--betas must include 0 and 1.')
-    if tolerance is None:  # a replicate keeps the ε of its replicate analysis; a single run 0.01
-        tolerance = _replicate_epsilon(folder.root)
-    tolerance = 0.01 if tolerance is None else float(tolerance)
-    out = os.path.join(folder.root, 'analysis')
-    settings = {'tolerance': tolerance, 'betas': [float(b) for b in betas], 'recalibrate_bn': recalibrate_bn,
-                'pairwise': pairwise, 'plane_grid': planes}
-    if not overwrite:
-        refuse_changed_settings(os.path.join(out, 'analysis.json'), settings, folder.root)
-    config = OmegaConf.to_container(OmegaConf.load(folder.config), resolve=True)
-    if recipe is None:
-        recipe = build_recipe(config_from_dict(config))
-    model = recipe.model_fn()
-    from composer_imp.orchestrator import apply_model_surgery
-    kwargs = recipe.trainer_kwargs_fn(model, 0)
-    apply_model_surgery(model, kwargs.get('algorithms') or [])  # the run's parameter names
-    model.to(local_device(getattr(recipe, 'device', None) or kwargs.get('device')))  # NCCL all-reduces GPU tensors only
-    batches = _eval_share(recipe.eval_dataloader)  # streamed once per evaluated chunk of networks, never materialized
-    spread = dist.get_world_size() > 1
-    # BatchNorm statistics are recomputed on a fixed, un-augmented subsample of the training set.
-    recal = None
-    if recalibrate_bn:
-        from composer_imp.data import without_augmentation
-        data = getattr(recipe, 'sweep_data', None) or without_augmentation(kwargs['train_dataloader'].dataset)
-        recal = fixed_subsample(data, min(1024, len(data)), 256, rank_share=spread)  # statistics combined over ranks
-    weights = {}
-    for level in levels:
-        w = folder.load_weights(level)
-        missing, unexpected = set(model.state_dict()) - set(w), set(w) - set(model.state_dict())
-        if missing or unexpected:
-            raise ValueError(f'{folder.weights(level)} does not match the model of {folder.config}: '
-                             f'missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}.')
-        weights[level] = w
-    rows = {r['level']: r for r in map(folder.read_row, levels)}
-    # Cached numbers are reused only for the same weights, β grid, BatchNorm policy and eval data.
-    eval_data = getattr(recipe.eval_dataloader, 'dataset', None)
-    described = {'loader': type(eval_data or recipe.eval_dataloader).__name__,
-                 'examples': len(eval_data) if eval_data is not None else None,
-                 'data': config.get('data')}
-    cache = _Cache(out, {l: rows[l]['manifest']['weights.pt'] for l in levels},
-                   {'betas': settings['betas'], 'recalibrate_bn': recalibrate_bn, 'eval': described})
-
-    point = {l: cache.get(f'level_{l:02d}', [l]) for l in levels}
-    todo = [l for l in levels if point[l] is None]
-    for l, p in zip(todo, evaluate(model, [weights[l] for l in todo], batches, recalibrate_bn, recal, spread) if todo else []):
-        point[l] = cache.put(f'level_{l:02d}', [l], p)  # all missing levels in one pass over the data
-    point = [point[l] for l in levels]
-    dense_error = point[0]['error']
-    level_rows = [{'level': l, 'weights_remaining': rows[l]['weights_remaining'], 'error': p['error'], 'loss': p['loss'],
-                   'matching': p['error'] <= dense_error + tolerance} for l, p in zip(levels, point)]
-    matching = {r['level']: r['matching'] for r in level_rows}
-
-    n = len(levels)
-    pairs = [(i, i + 1) for i in range(n - 1)] + [(i, j) for i in range(n) for j in range(i + 2, n) if pairwise]
-    paths = {}
-    for i, j in pairs:
-        a, b = levels[i], levels[j]
-        paths[i, j] = cache.path(f'path_{a:02d}_{b:02d}', [a, b], lambda: linear_path(
-            model, weights[a], weights[b], batches, betas, recalibrate_bn, recal, spread))
-    successive = [{'from': levels[i], 'to': levels[i + 1], **paths[i, i + 1],
-                   'connected': paths[i, i + 1]['barrier'] <= tolerance,
-                   'both_matching': matching[levels[i]] and matching[levels[i + 1]]} for i in range(n - 1)]
-    max_err = [[point[i]['error'] if i == j else None for j in range(n)] for i in range(n)]
-    barrier = [[0.0 if i == j else None for j in range(n)] for i in range(n)]
-    for (i, j), path in paths.items():
-        max_err[i][j] = max_err[j][i] = path['max_error']
-        barrier[i][j] = barrier[j][i] = path['barrier']
-
-    plane_results = []
-    if planes:
-        for a, b in zip(levels, levels[1:]):
-            def compute(a=a, b=b):
-                mask = torch.load(folder.mask(b), map_location='cpu', weights_only=True)
-                projection = {k: (v * mask[k].to(v.dtype) if k in mask else v) for k, v in weights[a].items()}
-                return plane_slice(model, weights[a], projection, weights[b], batches, set(mask), planes,
-                                   recalibrate_bn=recalibrate_bn, recalibration_batches=recal, all_reduce=spread)
-            plane_results.append({'level': a, **cache.path(f'plane_{a:02d}_{planes}', [a, b], compute)})
-
-    result = {
-        'settings': settings, 'planes': plane_results,
-        'tolerance': tolerance, 'betas': settings['betas'], 'recalibrate_bn': recalibrate_bn,
-        'levels': level_rows, 'successive': successive,
-        'pairwise': {'levels': levels, 'max_error': max_err, 'barrier': barrier},
-        'connected_iff_matching': all(s['connected'] == s['both_matching'] for s in successive),
-    }
-    if dist.get_global_rank() == 0:
-        os.makedirs(out, exist_ok=True)
-        atomic_write_text(json.dumps(result, indent=2), os.path.join(out, 'analysis.json'))
-        if cache.reused:
-            print(f'[composer-imp] analysis reused {cache.reused} finished evaluation(s) from {cache.dir}', flush=True)
-        from composer_imp.plots import plot_landscape_report
-        plot_landscape_report(result, out)
-    return result
-
-
-def refuse_changed_settings(previous: str, settings: dict, folder: str) -> None:
-    """Raise ``ValueError`` naming the changes if the result file ``previous`` was made with other ``settings``."""
-    if not os.path.isfile(previous):
-        return
-    with open(previous) as f:
-        old = json.load(f)
-    # (an analysis.json from before settings were recorded has tolerance, betas and recalibrate_bn on top)
-    old, keys = (old['settings'], list(settings)) if 'settings' in old else (old, list(SETTINGS[:3]))
-    changed = [f'{k}: {old.get(k)!r} -> {settings[k]!r}' for k in keys if old.get(k) != settings[k]]
-    if changed:
-        raise ValueError(f'{previous} was made with other settings ({"; ".join(changed)}). Run with the same '
-                         f'settings to resume or extend it, or replace it with `python -m composer_imp.analyze {folder} '
-                         '--overwrite ...` (overwrite=True in Python).')
-
-
-def _replicate_epsilon(root: str) -> Optional[float]:
-    """ε of the replicate analysis of the folder above ``root``, if ``root`` is one of its replicates."""
-    path = os.path.join(os.path.dirname(os.path.abspath(root)), 'analysis', 'replicates.json')
-    try:
-        with open(path) as f:
-            result = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return result['tolerance'] if os.path.basename(os.path.abspath(root)) in result.get('replicates', []) else None
-
-
-def _eval_share(loader: Any) -> Any:
-    """This rank's disjoint, unpadded share of the eval set (the whole set in a single process).
-
-    Under Composer's launcher every rank evaluates every network on its share and the sums are all-reduced,
-    so the grid of a 2-D slice (and every path) is split evenly over ranks with each example counted once.
-    """
-    world = dist.get_world_size()
-    dataset = getattr(loader, 'dataset', None)
-    if world == 1 or dataset is None:  # FFCV: each rank already reads an unpadded strided share
-        return loader
-    share = Subset(dataset, range(dist.get_global_rank(), len(dataset), world))
-    return DataLoader(share, batch_size=loader.batch_size, num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+log = logging.getLogger(__name__)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -266,22 +42,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help='also N x N error slices of the plane through w_L, its projection and w_L+1 (paper: 51)')
     parser.add_argument('--overwrite', action='store_true', help='replace an analysis.json made with other settings')
     args = parser.parse_args(argv)
-    from composer_imp.replicates import analyze_replicates, replicate_folders
+    logging.basicConfig(format='[composer-imp] %(message)s')
+    logging.getLogger('composer_imp').setLevel(logging.INFO)
     try:
         betas = [float(b) for b in args.betas.split(',')]
-        options = (betas, args.tolerance, args.recalibrate_bn, not args.no_pairwise, args.planes)
-        if replicate_folders(args.save_folder) and not os.path.isfile(RunFolder(args.save_folder).config):
-            result = analyze_replicates(args.save_folder, *options, overwrite=args.overwrite)
-            print(f'[composer-imp] analysis of {len(result["replicates"])} replicates written to '
-                  f'{os.path.join(args.save_folder, "analysis", "replicates.md")}; ε = {100 * result["epsilon"]:.2f} points; '
-                  f'connected iff matching: {result["connected_iff_matching"]}')
+        replicated = bool(replicate_folders(args.save_folder)) and not os.path.isfile(RunFolder(args.save_folder).config)
+        run = replicate_folders(args.save_folder)[0] if replicated else args.save_folder
+        if not os.path.isfile(RunFolder(run).config):
+            raise FileNotFoundError(f'{os.path.abspath(run)} is not an IMP run: config.yaml is missing (point at the '
+                                    'save_folder of a run made by run.py).')
+        recipe = build_recipe(config_from_dict(OmegaConf.to_container(OmegaConf.load(RunFolder(run).config),
+                                                                      resolve=True)))
+        options = (recipe.analysis_model(), recipe.eval_dataloader, recipe.sweep_data, betas, args.tolerance,
+                   args.recalibrate_bn, not args.no_pairwise, args.planes, args.overwrite)
+        if replicated:
+            result = analyze_replicates(args.save_folder, *options)
+            log.info('analysis of %d replicates written to %s; ε = %.2f points; connected iff matching: %s',
+                     len(result['replicates']), os.path.join(args.save_folder, 'analysis', 'replicates.md'),
+                     100 * result['epsilon'], result['connected_iff_matching'])
             return 0
-        result = analyze_run(args.save_folder, *options, overwrite=args.overwrite)
+        result = analyze_run(args.save_folder, *options)
     except (FileNotFoundError, ValueError) as e:
         print(f'composer-imp analyze: error: {e}', file=sys.stderr)
         return 2
-    print(f'[composer-imp] analysis of {len(result["levels"])} levels written to '
-          f'{os.path.join(args.save_folder, "analysis")}; connected iff matching: {result["connected_iff_matching"]}')
+    log.info('analysis of %d levels written to %s; connected iff matching: %s', len(result['levels']),
+             os.path.join(args.save_folder, 'analysis'), result['connected_iff_matching'])
     return 0
 
 

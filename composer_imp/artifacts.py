@@ -19,6 +19,7 @@ Every ``.pt`` here loads with ``torch.load(path, weights_only=True)``.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -28,7 +29,10 @@ from typing import Any, Optional
 
 import torch
 
-__all__ = ['RunFolder', 'atomic_torch_save', 'atomic_write_text', 'sha256']
+from composer_imp.masks import load_mask
+
+__all__ = ['RunFolder', 'atomic_torch_save', 'atomic_write_text', 'sha256', 'changed_keys', 'replicate_folder',
+           'replicate_folders']
 
 
 def sha256(path: str) -> str:
@@ -59,6 +63,25 @@ def atomic_write_text(text: str, path: str) -> None:
     with open(tmp, 'w') as f:
         f.write(text)
     _fsync_replace(tmp, path)
+
+
+def changed_keys(old: Any, new: Any, prefix: str = '') -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` for every leaf that differs (``'<unset>'`` where one side lacks it)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [c for k in keys for c in changed_keys(old.get(k, '<unset>'), new.get(k, '<unset>'), f'{prefix}{k}.')]
+    return [] if old == new else [(prefix[:-1], old, new)]
+
+
+def replicate_folder(save_folder: str, index: int) -> str:
+    """Where replicate ``index`` of the run in ``save_folder`` lives."""
+    return os.path.join(save_folder, f'replicate_{index:02d}')
+
+
+def replicate_folders(save_folder: str) -> list[str]:
+    """The replicate runs under ``save_folder`` (folders ``replicate_XX`` holding a ``config.yaml``), in order."""
+    found = sorted(glob.glob(os.path.join(glob.escape(save_folder), 'replicate_[0-9][0-9]')))
+    return [f for f in found if os.path.isfile(RunFolder(f).config)]
 
 
 class RunFolder:
@@ -148,6 +171,14 @@ class RunFolder:
     def read_summary(self) -> list[dict]:
         with open(self.summary) as f:
             return json.load(f)['levels']
+
+    def read_selection(self, level: int) -> Optional[tuple[dict, float, Optional[dict]]]:
+        """``(mask, ratio, sweep report)`` chosen for ``level`` before an interruption, if both files exist."""
+        if not (os.path.isfile(self.mask(level)) and os.path.isfile(self.selection(level))):
+            return None
+        with open(self.selection(level)) as f:
+            selection = json.load(f)
+        return load_mask(self.mask(level)), selection['ratio'], selection['sweep']
 
     def load_weights(self, level: int) -> dict[str, torch.Tensor]:
         return torch.load(self.weights(level), map_location='cpu', weights_only=True)

@@ -1,18 +1,27 @@
 """The YAML run configuration: schema, loading with dotted overrides, and validation of keys and types.
 
-Top-level keys and the ``imp:`` section are checked against :class:`RunConfig`; an unknown key is an
-error naming it and the nearest valid key. The ``model``, ``data``, ``optimizer`` and ``scheduler``
-sections hold a ``name`` plus keyword arguments, checked against the signature of what they build
-(see :mod:`composer_imp.recipes`).
+Top-level keys are checked against :class:`RunConfig`; an unknown key is an error naming it and the nearest
+valid key. ``model``, ``data``, ``optimizer`` and ``scheduler`` hold a ``name`` plus keyword arguments;
+``algorithms``, ``callbacks`` and ``loggers`` map class names to keyword arguments. IMP is enabled like any
+Composer algorithm: ``algorithms: {IMP: {ratio: 0.2, rewind: 1ep}}`` (or ``AdaptiveIMP``); the level loop's
+settings are top-level keys (``levels``, ``target_sparsity``, ``checkpoint_interval``, ``replicates``,
+``controls``). Every keyword is checked against the signature of what it builds (:mod:`composer_imp.recipes`).
+
+The ``imp:`` block of composer-imp 0.1 is a deprecated alias, translated by :func:`translate_imp_block`.
 
 Example:
-    >>> cfg = load_config('yamls/quickstart.yaml', ['imp.levels=2', 'seed=3'])   # doctest: +SKIP
+    >>> cfg = config_from_dict({'save_folder': 'runs/x', 'max_duration': '2ep', 'model': {'name': 'small_cnn'},
+    ...                         'data': {'name': 'digits', 'batch_size': 64}, 'optimizer': {'name': 'SGD', 'lr': 0.1},
+    ...                         'algorithms': {'IMP': {'rewind': '5ba'}}, 'levels': 3})
+    >>> cfg.levels, dict(cfg.algorithms.IMP)
+    (3, {'rewind': '5ba'})
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -20,9 +29,11 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from composer_imp.orchestrator import IMPConfig
+__all__ = ['RunConfig', 'ConfigError', 'load_config', 'config_from_dict', 'translate_imp_block', 'IMP_NAMES']
 
-__all__ = ['RunConfig', 'ConfigError', 'load_config', 'config_from_dict']
+log = logging.getLogger(__name__)
+
+IMP_NAMES = ('IMP', 'AdaptiveIMP')
 
 
 class ConfigError(ValueError):
@@ -42,6 +53,30 @@ class AnalysisConfig:
 
 
 @dataclass
+class ControlsConfig:
+    """The ``controls:`` section: control runs beside the ticket at some pruned levels (composer_imp.controls)."""
+
+    kinds: list = field(default_factory=list)
+    levels: list = field(default_factory=list)
+
+
+@dataclass
+class LegacyIMPConfig:
+    """The deprecated ``imp:`` block of composer-imp 0.1 (translated by :func:`translate_imp_block`)."""
+
+    levels: int = 5
+    ratio: float = 0.2
+    rewind: Any = '0ba'
+    ignore: list = field(default_factory=list)
+    scope: str = 'global'
+    checkpoint_interval: Optional[str] = None
+    target_sparsity: Optional[float] = None
+    adaptive: dict = field(default_factory=dict)
+    controls: list = field(default_factory=list)
+    control_levels: list = field(default_factory=list)
+
+
+@dataclass
 class RunConfig:
     """Every top-level key a recipe YAML may set."""
 
@@ -51,7 +86,12 @@ class RunConfig:
     data: dict = field(default_factory=dict)
     optimizer: dict = field(default_factory=dict)
     scheduler: Optional[dict] = None
-    imp: IMPConfig = field(default_factory=IMPConfig)
+    levels: int = 5
+    target_sparsity: Optional[float] = None
+    checkpoint_interval: Optional[str] = None
+    metric: Optional[str] = None  # eval metric recorded as each level's accuracy (default: the first accuracy metric)
+    controls: ControlsConfig = field(default_factory=ControlsConfig)
+    imp: Optional[LegacyIMPConfig] = None  # deprecated: see translate_imp_block
     run_name: Optional[str] = None
     seed: int = 17
     device: str = 'auto'
@@ -64,7 +104,7 @@ class RunConfig:
     loggers: dict = field(default_factory=dict)
     overwrite: bool = False
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
-    replicates: int = 1  # N seeds of the whole run, each in save_folder/replicate_XX (composer_imp.replicates)
+    replicates: int = 1  # N seeds of the whole run, each in save_folder/replicate_XX
 
 
 _REQUIRED = ('save_folder', 'max_duration', 'model', 'data', 'optimizer')
@@ -78,8 +118,36 @@ def _check_keys(user: dict, schema: type, prefix: str = '') -> None:
             hint = f" Did you mean '{prefix}{close[0]}'?" if close else ''
             raise ConfigError(f"Unknown config key '{prefix}{key}'.{hint} Valid keys here: {', '.join(sorted(fields))}.")
         nested = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
+        nested = LegacyIMPConfig if key == 'imp' and schema is RunConfig else nested
         if dataclasses.is_dataclass(nested) and isinstance(value, dict):
             _check_keys(value, nested, f'{prefix}{key}.')
+
+
+def translate_imp_block(user: dict) -> dict:
+    """The same settings with a deprecated ``imp:`` block moved to ``algorithms.IMP`` / ``AdaptiveIMP`` and the
+    level loop's top-level keys (``imp.levels`` → ``levels``, ``imp.adaptive.enabled`` → ``AdaptiveIMP``, ...)."""
+    if user.get('imp') is None:
+        return user
+    _check_keys(user['imp'], LegacyIMPConfig, 'imp.')
+    user = dict(user)
+    imp = dict(user.pop('imp'))
+    if any(name in (user.get('algorithms') or {}) for name in IMP_NAMES):
+        raise ConfigError('The config enables IMP twice: under algorithms and in the deprecated imp: block. Keep '
+                          'algorithms.IMP (or AdaptiveIMP) and move the imp: settings there.')
+    adaptive = dict(imp.pop('adaptive', None) or {})
+    name = 'AdaptiveIMP' if adaptive.pop('enabled', False) else 'IMP'
+    component = {k: imp.pop(k) for k in ('ratio', 'rewind', 'ignore', 'scope') if k in imp}
+    if name == 'AdaptiveIMP':
+        component.update(adaptive)
+    user['algorithms'] = {**(user.get('algorithms') or {}), name: component}
+    for key in ('levels', 'target_sparsity', 'checkpoint_interval'):
+        if key in imp:
+            user[key] = imp.pop(key)
+    if imp.get('controls') or imp.get('control_levels'):
+        user['controls'] = {'kinds': imp.pop('controls', []), 'levels': imp.pop('control_levels', [])}
+    log.warning('The imp: block is deprecated: enable IMP under algorithms (algorithms.%s: %s) and set levels, '
+                'target_sparsity and checkpoint_interval at the top level.', name, component)
+    return user
 
 
 def config_from_dict(user: dict) -> DictConfig:
@@ -87,6 +155,7 @@ def config_from_dict(user: dict) -> DictConfig:
     if not isinstance(user, dict):
         raise ConfigError(f'A config must be a mapping of keys to values; got {type(user).__name__}.')
     _check_keys(user, RunConfig)
+    user = translate_imp_block(user)
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(user))
     except OmegaConfBaseException as e:
@@ -105,10 +174,15 @@ def config_from_dict(user: dict) -> DictConfig:
         raise ConfigError(f'replicates={cfg.replicates} must be at least 1 (the number of seeds of the whole IMP run).')
     if cfg.analysis.tolerance is not None and not 0 <= cfg.analysis.tolerance < 1:
         raise ConfigError(f'analysis.tolerance={cfg.analysis.tolerance} must be an error difference in [0, 1), or null.')
-    try:
-        IMPConfig(**OmegaConf.to_container(cfg.imp)).validate()
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    enabled = [name for name in IMP_NAMES if name in cfg.algorithms]
+    if len(enabled) != 1:
+        raise ConfigError(f'Enable exactly one of {", ".join(IMP_NAMES)} under algorithms (e.g. algorithms.IMP: '
+                          f'{{ratio: 0.2, rewind: 1ep}}); this config has {enabled or "none"}.')
+    if cfg.levels < 0:
+        raise ConfigError(f'levels={cfg.levels} must be a whole number >= 0 (pruned levels after the dense one).')
+    bad = [l for l in cfg.controls.levels if isinstance(l, bool) or not isinstance(l, int) or not 1 <= l <= cfg.levels]
+    if bad:
+        raise ConfigError(f'controls.levels must be pruned levels between 1 and levels={cfg.levels}; got {bad}.')
     return cfg
 
 

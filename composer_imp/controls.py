@@ -1,34 +1,40 @@
-"""Controls that tell a winning ticket from luck (from the lottery-ticket literature; not in the paper).
+"""Controls: branches over a finished IMP run that tell a winning ticket from luck (OpenLTH's ``lottery/branch``).
 
-For a level L with mask ``m_L``, each control trains from the rewind point exactly like the level did
-(same recipe, same τ, same optimizer state, LR and data order), changing one thing:
+For a finished level L with mask ``m_L``, each control builds the level's Trainer with the same recipe
+(``make_trainer``, same τ, optimizer state, LR schedule and data order), changes one thing, and trains:
 
-* ``random_mask``: a random mask with the same number of kept weights in every layer as ``m_L``;
-* ``reinit``: the ticket's mask on re-initialized weights: each layer's rewind-point weights are randomly
-  permuted within the layer (same per-layer value distribution, the specific values destroyed).
+* ``random_mask``: a random mask with the same number of kept weights in every layer as ``m_L``, on ``w_τ``;
+* ``reinit`` (OpenLTH's ``randomly_reinitialize``, the standard control): a whole fresh model from the model's
+  own initializer with another seed, ``m_L`` applied;
+* ``shuffle``: ``w_τ`` with the *kept* weights of each layer permuted among the kept positions (same
+  per-layer values and mask, their placement destroyed).
 
-A ticket that beats both is not explained by its per-layer sparsity or its weight distribution alone.
-Results go to ``level_XX/controls/KIND.json`` (resumable: finished controls are skipped).
+Each result goes to ``level_XX/controls/KIND.json`` with the per-layer non-zero counts the control trained with
+(resumable: finished controls are skipped). Controls read the run folder and write only under ``controls/``.
+
+Example:
+    >>> rows = run_controls(make_trainer, 'runs/mine', levels=[3, 6], kinds=['random_mask', 'reinit'])  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import json
 import os
-import warnings
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
-from composer import Callback, Trainer
-from composer.core import Event
 from composer.utils import dist
+from omegaconf import OmegaConf
 
-from composer_imp.artifacts import atomic_write_text
-from composer_imp.masks import Mask, load_mask, sparsity_report, unwrap_model
+from composer_imp.artifacts import RunFolder, atomic_write_text
+from composer_imp.level_loop import (MakeTrainer, build_level_trainer, fit_level, imp_trainer_args, log_rank0,
+                                     on_rank0)
+from composer_imp.masks import Mask, load_mask, unwrap_model
 
-__all__ = ['CONTROLS', 'random_mask_like', 'PermuteWeights']
+__all__ = ['CONTROLS', 'random_mask_like', 'shuffle_kept_weights', 'run_control', 'run_controls']
 
-CONTROLS = ('random_mask', 'reinit')
+CONTROLS = ('random_mask', 'reinit', 'shuffle')
+_REINIT_SEED_OFFSET = 7919  # the reinit control's model is drawn from seed + this, never the run's own init
 
 
 def random_mask_like(mask: Mapping[str, torch.Tensor], seed: int = 0) -> Mask:
@@ -42,57 +48,79 @@ def random_mask_like(mask: Mapping[str, torch.Tensor], seed: int = 0) -> Mask:
     return out
 
 
-class PermuteWeights(Callback):
-    """At FIT_START (after the rewind point is loaded), permute each named weight's values within its layer."""
-
-    def __init__(self, names, seed: int = 0):
-        self.names, self.seed = list(names), seed
-
-    def fit_start(self, state, logger) -> None:
-        g = torch.Generator().manual_seed(self.seed)
-        params = dict(unwrap_model(state.model).named_parameters())
-        with torch.no_grad():
-            for name in self.names:
-                p = params[name]
-                perm = torch.randperm(p.numel(), generator=g).to(p.device)
-                p.copy_(p.detach().flatten()[perm].view_as(p))
-        # KeepMask ran before this callback at FIT_START; re-apply it so pruned weights are zero from step 1.
-        for algorithm in state.algorithms:
-            if type(algorithm).__name__ == 'KeepMask':
-                algorithm.apply(Event.FIT_START, state, logger)
+@torch.no_grad()
+def shuffle_kept_weights(model: torch.nn.Module, mask: Mapping[str, torch.Tensor], seed: int = 0) -> None:
+    """Permute each masked layer's kept weights among its kept positions (pruned positions untouched)."""
+    g = torch.Generator().manual_seed(seed)
+    params = dict(unwrap_model(model).named_parameters())
+    for name, m in mask.items():
+        p = params[name]
+        flat = p.detach().flatten().clone()  # logical order, whatever the memory format (ChannelsLast)
+        kept = m.flatten().nonzero().squeeze(1).to(p.device)
+        flat[kept] = flat[kept][torch.randperm(len(kept), generator=g).to(p.device)]
+        p.copy_(flat.view(p.shape))
 
 
-def run_control(orchestrator, level: int, kind: str, seed: int = 0) -> dict:
-    """Train control ``kind`` for ``level`` of ``orchestrator``'s run; returns (and writes) its result row."""
-    folder = orchestrator.folder
+def _nonzero(weights: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    return {name: int((weights[name] != 0).sum()) for name in mask}
+
+
+def run_control(make_trainer: MakeTrainer, save_folder: str, level: int, kind: str, seed: int = 0) -> dict:
+    """Train control ``kind`` for finished ``level`` of the run in ``save_folder``; returns (and writes) its row."""
+    if kind not in CONTROLS:
+        raise ValueError(f'Unknown control {kind!r}; valid: {list(CONTROLS)}.')
+    folder = RunFolder(save_folder)
+    if not folder.is_done(level) or level < 1:
+        raise ValueError(f'Controls branch from a finished pruned level; {folder.level_dir(level)} is not one.')
     path = os.path.join(folder.level_dir(level), 'controls', f'{kind}.json')
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
-    ticket = load_mask(folder.mask(level))
+    done = on_rank0(lambda: json.load(open(path)) if os.path.isfile(path) else None)
+    if done is not None:
+        return done
+    ticket = on_rank0(lambda: load_mask(folder.mask(level)))
+    dense = on_rank0(lambda: folder.read_row(0))
+    run_seed = int(on_rank0(lambda: _recorded_seed(folder)))
     mask = random_mask_like(ticket, seed) if kind == 'random_mask' else ticket
-    from composer_imp.orchestrator import _eval_numbers, _restart_dataset_epochs, apply_model_surgery
-    model = orchestrator.model_fn()
-    user_kwargs = orchestrator.trainer_kwargs_fn(model, level)
-    apply_model_surgery(model, user_kwargs.get('algorithms'), user_kwargs.get('optimizers'))
-    kwargs = orchestrator._trainer_kwargs(user_kwargs, model, level, mask)
-    for key in ('save_folder', 'autoresume', 'save_interval', 'save_num_checkpoints_to_keep', 'save_overwrite'):
-        kwargs.pop(key, None)  # controls are short runs: no level checkpoints
-    kwargs['run_name'] = f'{kwargs["run_name"]}-{kind}'
+    fresh = None
     if kind == 'reinit':
-        kwargs['callbacks'] = kwargs['callbacks'] + [PermuteWeights(mask, seed)]
-    _restart_dataset_epochs(kwargs)
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='KeepMask is not in the state_dict')
-        trainer = Trainer(**kwargs)
-    trainer.fit()
-    values = {k: float(v) for k, v in trainer.state.eval_metric_values.items()}
-    trainer.close()
-    accuracy, _ = _eval_numbers(values)
-    row = {'level': level, 'kind': kind, 'seed': seed, 'accuracy': accuracy, 'eval': values,
-           'weights_remaining': sparsity_report(mask)['weights_remaining']}
+        # The model's own initializer under another seed: built like level 0 (nothing loaded), weights kept.
+        trainer, _ = build_level_trainer(make_trainer, 0, run_seed + _REINIT_SEED_OFFSET + seed, {})
+        fresh = {k: v.detach().clone() for k, v in unwrap_model(trainer.state.model).state_dict().items()}
+        trainer.close()
+    trainer, imp = build_level_trainer(make_trainer, level, run_seed, imp_trainer_args(folder, level, None, 'control'))
+    model = unwrap_model(trainer.state.model)
+    if fresh is not None:
+        model.load_state_dict(fresh)
+    elif kind == 'shuffle':
+        shuffle_kept_weights(model, mask, seed)
+    tau = imp.tau(int(trainer.state.dataloader_len.value) if trainer.state.dataloader_len is not None else None)
+    result = fit_level(trainer, imp, level, mask, folder.rewind, tau)
+    row = {'level': level, 'kind': kind, 'seed': seed, 'accuracy': result.row['accuracy'], 'loss': result.row['loss'],
+           'eval': result.row['eval'], 'weights_remaining': result.row['weights_remaining'],
+           'nonzero': _nonzero(result.weights, mask), 'mask_kept': {k: int(m.sum()) for k, m in mask.items()},
+           'dense_accuracy': dense.get('accuracy')}
     if dist.get_global_rank() == 0:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_write_text(json.dumps(row, indent=2), path)
     dist.barrier()
     return row
+
+
+def _recorded_seed(folder: RunFolder) -> int:
+    return OmegaConf.load(folder.config).get('seed', 17)
+
+
+def run_controls(make_trainer: MakeTrainer, save_folder: str, levels: Sequence[int], kinds: Sequence[str],
+                 seed: int = 0) -> list[dict]:
+    """Every control in ``kinds`` for every finished level in ``levels``; logs a line per control."""
+    unknown = [k for k in kinds if k not in CONTROLS]
+    if unknown:
+        raise ValueError(f'Unknown controls {unknown}; valid: {list(CONTROLS)}.')
+    rows = []
+    for level in levels:
+        ticket = RunFolder(save_folder).read_row(level)
+        for kind in kinds:
+            row = run_control(make_trainer, save_folder, level, kind, seed)
+            rows.append(row)
+            log_rank0('control %s at level %02d (%.1f%% weights): accuracy %.2f%% (ticket %.2f%%)', kind, level,
+                      100 * row['weights_remaining'], 100 * row['accuracy'], 100 * ticket['accuracy'])
+    return rows

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import torch
@@ -26,7 +27,25 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import default_collate
 
-__all__ = ['interpolate', 'evaluate', 'evaluate_losses', 'recalibrate_batchnorm', 'fixed_subsample', 'local_device']
+__all__ = ['without_augmentation', 'interpolate', 'evaluate', 'evaluate_losses', 'recalibrate_batchnorm', 'fixed_subsample', 'local_device']
+
+
+def without_augmentation(dataset: Any) -> Any:
+    """The training examples of ``dataset`` as evaluation would see them: no random crop, flip or resize.
+
+    AdaptiveIMP's sweep and BatchNorm recalibration read a *fixed* subsample; random augmentation would make
+    it change from level to level. Datasets of this package know their un-augmented view (CIFAR, ImageFolder,
+    Streaming); tensors are returned as they are; any other dataset is used as is (pass ``sweep_data`` to
+    :class:`~composer_imp.AdaptiveIMP` if yours augments).
+    """
+    if hasattr(dataset, 'without_augmentation'):
+        return dataset.without_augmentation()
+    eval_transform = getattr(dataset, 'eval_transform', None)
+    if eval_transform is not None:
+        view = copy.copy(dataset)  # shares the list of files
+        view.transform = eval_transform
+        return view
+    return dataset
 
 
 def local_device(requested: Any = None) -> torch.device:

@@ -110,7 +110,8 @@ def prunable_parameters(model: nn.Module, ignore: Iterable[str] = ()) -> dict[st
 
 def full_mask(model: nn.Module, ignore: Iterable[str] = ()) -> Mask:
     """An all-``True`` mask over the prunable weights of ``model`` (level 0, dense)."""
-    return {name: torch.ones_like(p, dtype=torch.bool, device='cpu') for name, p in prunable_parameters(model, ignore).items()}
+    # Contiguous whatever the weight's memory format (ChannelsLast): masks are flattened and saved as they are.
+    return {name: torch.ones(p.shape, dtype=torch.bool) for name, p in prunable_parameters(model, ignore).items()}
 
 
 def count_remaining(mask: Mapping[str, torch.Tensor]) -> int:

@@ -1,8 +1,8 @@
 """Replicates: N seeds of a whole IMP run, analysed together (the paper's matching criterion, Appendix A).
 
-``replicates: N`` in a recipe (or ``replicates=N`` on the command line) trains N independent IMP runs with
-seeds ``seed, seed + 1, …`` in ``SAVE_FOLDER/replicate_00 … replicate_{N-1}`` (each a complete, resumable run),
-then analyses them together:
+``find_ticket(..., replicates=N)`` (``replicates: N`` in a recipe) trains N independent IMP runs with seeds
+``seed, seed + 1, …`` and their own data orders in ``SAVE_FOLDER/replicate_00 … replicate_{N-1}`` (each a
+complete, resumable run); :func:`analyze_replicates` analyses them together:
 
 * ε = the standard deviation (``statistics.stdev``, N - 1 in the denominator) of the dense test error across
   replicates; the matching tolerance of every replicate's analysis unless a tolerance is given.
@@ -27,29 +27,21 @@ own ``analysis/``). ``python -m composer_imp.analyze SAVE_FOLDER`` on such a fol
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import statistics
 from typing import Any, Optional, Sequence
 
+import torch
 from composer.utils import dist
+from omegaconf import OmegaConf
 
-from composer_imp.artifacts import RunFolder, atomic_write_text
+from composer_imp.analysis import analyze_run, refuse_changed_settings
+from composer_imp.artifacts import RunFolder, atomic_write_text, replicate_folders
 from composer_imp.connectivity import DEFAULT_BETAS
+from composer_imp.plots import plot_replicates
 
-__all__ = ['replicate_folder', 'replicate_folders', 'analyze_replicates']
-
-
-def replicate_folder(save_folder: str, index: int) -> str:
-    """Where replicate ``index`` of the run in ``save_folder`` lives."""
-    return os.path.join(save_folder, f'replicate_{index:02d}')
-
-
-def replicate_folders(save_folder: str) -> list[str]:
-    """The replicate runs under ``save_folder`` (folders ``replicate_XX`` holding a ``config.yaml``), in order."""
-    found = sorted(glob.glob(os.path.join(glob.escape(save_folder), 'replicate_[0-9][0-9]')))
-    return [f for f in found if os.path.isfile(RunFolder(f).config)]
+__all__ = ['analyze_replicates']
 
 
 def _stats(values: Sequence[float]) -> dict:
@@ -59,16 +51,20 @@ def _stats(values: Sequence[float]) -> dict:
 
 def analyze_replicates(
     save_folder: str,
+    model: torch.nn.Module,
+    eval_dataloader: Any,
+    train_data: Any = None,
     betas: Sequence[float] = DEFAULT_BETAS,
     tolerance: Optional[float] = None,
     recalibrate_bn: bool = False,
     pairwise: bool = True,
     planes: int = 0,
     overwrite: bool = False,
-    recipe: Any = None,
 ) -> dict:
-    """Analyse every replicate of ``save_folder`` with tolerance ε (or ``tolerance``) and aggregate; see the module doc."""
-    from composer_imp.analyze import analyze_run, refuse_changed_settings
+    """Analyse every replicate of ``save_folder`` with tolerance ε (or ``tolerance``) and aggregate; see the module doc.
+
+    ``model``, ``eval_dataloader``, ``train_data``: as :func:`~composer_imp.analysis.analyze_run`.
+    """
 
     out = os.path.join(save_folder, 'analysis')
     settings = {'tolerance': tolerance, 'betas': [float(b) for b in betas], 'recalibrate_bn': recalibrate_bn,
@@ -87,7 +83,8 @@ def analyze_replicates(
     tol = epsilon if tolerance is None else float(tolerance)
     # Each replicate's analysis follows this one: its tolerance moves with ε as replicates are added (the cached
     # evaluations do not depend on it), so it is rewritten rather than refused.
-    per_run = [analyze_run(f, betas, tol, recalibrate_bn, pairwise, planes, True, recipe) for f in folders]
+    per_run = [analyze_run(f, model, eval_dataloader, train_data, betas, tol, recalibrate_bn, pairwise, planes, True)
+               for f in folders]
 
     # Every replicate's levels run 0, 1, 2, ... (levels_done is contiguous): aggregate over the levels all have.
     common = range(min(len(a['levels']) for a in per_run))
@@ -118,11 +115,9 @@ def analyze_replicates(
     if dist.get_global_rank() == 0:
         os.makedirs(out, exist_ok=True)
         atomic_write_text(json.dumps(result, indent=2), os.path.join(out, 'replicates.json'))
-        from composer_imp.plots import plot_replicates
         plot_replicates(result, out)
     return result
 
 
 def _seed(folder: str) -> Optional[int]:
-    from omegaconf import OmegaConf
     return OmegaConf.load(RunFolder(folder).config).get('seed')

@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import gzip
 import os
 import pickle
@@ -37,8 +36,9 @@ from composer.utils import dist
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from composer_imp.data.normalization import NORMALIZATION
+from composer_imp.evaluate import without_augmentation
 
-__all__ = ['build_datasets', 'build_dataloaders', 'make_loaders', 'read_idx', 'raw_arrays', 'without_augmentation', 'DATASETS', 'FASHION_MNIST_ROOT']
+__all__ = ['build_datasets', 'build_dataloaders', 'make_loaders', 'per_rank_batch_sizes', 'read_idx', 'raw_arrays', 'without_augmentation', 'DATASETS', 'FASHION_MNIST_ROOT']
 
 FASHION_MNIST_ROOT = '/usr/share/datasets/fashion-mnist'
 _FMNIST_FILES = {
@@ -195,24 +195,6 @@ def _imagefolder(data_root: Optional[str] = None, train_crop: int = 176, eval_re
     return train, val
 
 
-def without_augmentation(dataset: Any) -> Any:
-    """The training examples of ``dataset`` as evaluation would see them: no random crop, flip or resize.
-
-    AdaptiveIMP's sweep and BatchNorm recalibration read a *fixed* subsample; random augmentation would make
-    it change from level to level. Datasets of this package know their un-augmented view (CIFAR, ImageFolder,
-    Streaming); tensors are returned as they are; any other dataset is used as is (pass ``sweep_data`` to the
-    orchestrator if yours augments).
-    """
-    if hasattr(dataset, 'without_augmentation'):
-        return dataset.without_augmentation()
-    eval_transform = getattr(dataset, 'eval_transform', None)
-    if eval_transform is not None:
-        view = copy.copy(dataset)  # shares the list of files
-        view.transform = eval_transform
-        return view
-    return dataset
-
-
 def raw_arrays(name: str, data_root: Optional[str] = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Undecoded uint8 images (N, C, H, W) and int64 labels of a dataset's ``train`` and ``val`` splits."""
     if name in ('cifar10', 'cifar100'):
@@ -277,7 +259,7 @@ def build_datasets(name: str, **kwargs: Any) -> tuple[Dataset, Dataset]:
     return DATASETS[name](**kwargs)
 
 
-def _per_rank(batch_size: int, eval_batch_size: Optional[int]) -> tuple[int, int]:
+def per_rank_batch_sizes(batch_size: int, eval_batch_size: Optional[int]) -> tuple[int, int]:
     """Per-rank (train, eval) batch sizes from the global ones; each must divide by the world size."""
     world = dist.get_world_size()
     eval_batch_size = eval_batch_size or batch_size
@@ -297,7 +279,7 @@ def make_loaders(name: str, data_kwargs: dict, loader_kwargs: dict, seed: int = 
     if name == 'ffcv':
         from composer_imp.data.ffcv import BetonExamples, ffcv_loaders
 
-        batch, eval_batch = _per_rank(loader_kwargs['batch_size'], loader_kwargs.get('eval_batch_size'))
+        batch, eval_batch = per_rank_batch_sizes(loader_kwargs['batch_size'], loader_kwargs.get('eval_batch_size'))
         root = data_kwargs.pop('data_root', None) or data_kwargs.pop('local', None)
         if root is None:
             raise ValueError('data.name=ffcv needs data.data_root: the folder holding train.beton and val.beton.')
@@ -321,7 +303,7 @@ def build_dataloaders(
 ) -> tuple[DataLoader, DataLoader]:
     """Dataloaders with Composer's distributed samplers; ``batch_size`` is the global batch size and the training
     order follows ``seed`` (the run's seed, so replicates see different orders)."""
-    batch, eval_batch = _per_rank(batch_size, eval_batch_size)
+    batch, eval_batch = per_rank_batch_sizes(batch_size, eval_batch_size)
     # A StreamingDataset (iterable) partitions training samples over ranks itself; everything else, eval sets
     # included (Streaming's val shards are read by index), uses Composer's sampler, whose eval padding Composer's
     # eval loop removes from the metrics, so every eval example counts exactly once.
