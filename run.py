@@ -3,10 +3,11 @@
     python run.py -f yamls/quickstart.yaml [key=value ...] [--overwrite]
     composer -n 8 run.py -f yamls/r50_imp.yaml
 
-Overrides are OmegaConf dotted keys (imp.levels=3 seed=2 optimizer.lr=0.05).
+Overrides are OmegaConf dotted keys (levels=3 seed=2 algorithms.IMP.rewind=0ba optimizer.lr=0.05).
 """
 
 import argparse
+import io
 import logging
 import sys
 
@@ -28,6 +29,8 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.file, args.overrides)
         run_config(cfg, overwrite=True if args.overwrite else None)
+    except io.UnsupportedOperation:
+        raise  # an environment problem (a stream without a file descriptor), not bad input
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f'composer-imp: error: {e}', file=sys.stderr)
         return 2

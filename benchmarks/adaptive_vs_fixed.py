@@ -1,9 +1,11 @@
-"""Fixed-ratio IMP vs AdaptiveIMP to the same imp.target_sparsity, same seed, side by side.
+"""Fixed-ratio IMP vs AdaptiveIMP to the same target_sparsity, same seed, side by side.
 
     python benchmarks/adaptive_vs_fixed.py -f yamls/quickstart.yaml --target 0.9 [--seeds 3]
-        [--baselines eval train] [key=value ...]
+        [--baselines eval train] [--adaptive subsample=2048 ...] [key=value ...]
 
-Runs fixed-ratio IMP and one AdaptiveIMP run per threshold baseline (``imp.adaptive.baseline``: ``eval``, the
+The recipe's ``algorithms.IMP`` settings are used for both; the adaptive runs replace it with ``AdaptiveIMP`` with
+the same settings plus ``--adaptive`` keyword arguments. Runs fixed-ratio IMP and one AdaptiveIMP run per threshold
+baseline (``baseline``: ``eval``, the
 dense solution's eval-mode loss on the sweep subsample, and/or ``train``, the mean train-mode batch loss of the
 dense run's last epoch). Prints, for each: levels trained, the ratios pruned, training steps, compute with
 sweeps (training-step equivalents), final weights remaining, final accuracy vs dense, how many levels stayed
@@ -18,7 +20,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from composer_imp.config import load_config  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from composer_imp.config import IMP_NAMES, config_from_dict, load_config  # noqa: E402
 from composer_imp.plots import plot_accuracy_vs_compute  # noqa: E402
 from composer_imp.recipes import run_config  # noqa: E402
 
@@ -26,21 +30,28 @@ from composer_imp.recipes import run_config  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-f', '--file', default='yamls/quickstart.yaml')
-    parser.add_argument('--target', type=float, default=0.9, help='imp.target_sparsity for both runs')
+    parser.add_argument('--target', type=float, default=0.9, help='target_sparsity for both runs')
     parser.add_argument('--seeds', type=int, default=1, help='replicates: seeds seed, seed+1, ... of both runs')
     parser.add_argument('--baselines', nargs='+', default=['eval', 'train'], choices=['eval', 'train'],
-                        help='one adaptive run per threshold baseline (imp.adaptive.baseline)')
+                        help='one adaptive run per threshold baseline (AdaptiveIMP baseline)')
+    parser.add_argument('--adaptive', nargs='*', default=[], metavar='KEY=VALUE',
+                        help='more AdaptiveIMP keyword arguments, e.g. subsample=2048')
     parser.add_argument('--out', default='runs/adaptive_vs_fixed')
     parser.add_argument('overrides', nargs='*')
     args = parser.parse_args()
 
-    variants = [('fixed', ['imp.adaptive.enabled=false'])]
-    variants += [(f'adaptive-{b}', ['imp.adaptive.enabled=true', f'imp.adaptive.baseline={b}']) for b in args.baselines]
+    adaptive = dict(OmegaConf.to_container(OmegaConf.from_dotlist(args.adaptive)))
+    variants = [('fixed', None, {})] + [(f'adaptive-{b}', 'AdaptiveIMP', {**adaptive, 'baseline': b}) for b in args.baselines]
     results = {}
-    for name, extra in variants:
-        cfg = load_config(args.file, [*args.overrides, *extra, f'imp.target_sparsity={args.target}', 'imp.levels=40',
+    for name, component, extra in variants:
+        cfg = load_config(args.file, [*args.overrides, f'target_sparsity={args.target}', 'levels=40',
                                       f'save_folder={os.path.join(args.out, name)}', 'progress_bar=false',
                                       f'replicates={args.seeds}', 'analysis.enabled=false'])
+        if component is not None:
+            user = OmegaConf.to_container(cfg, resolve=True)
+            imp = next(n for n in IMP_NAMES if n in user['algorithms'])
+            user['algorithms'][component] = {**(user['algorithms'].pop(imp) or {}), **extra}
+            cfg = config_from_dict(user)
         runs = run_config(cfg, overwrite=True)
         results[name] = runs if args.seeds > 1 else [runs]  # one list of rows per seed
 

@@ -10,7 +10,7 @@ python -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU visible'
 python benchmarks/adaptive_vs_fixed.py -f yamls/fmnist_imp.yaml --target 0.9 --out runs/gpu_smoke \
   device=gpu precision=amp_bf16 model.name=resnet20 model.in_channels=1 data.pad_to=32 \
   data.data_root="$DATA_ROOT" data.train_subset=null data.batch_size=128 max_duration=6ep eval_interval=6ep \
-  imp.rewind=469ba data.num_workers=4 analysis.enabled=false
+  algorithms.IMP.rewind=469ba data.num_workers=4 analysis.enabled=false
 # Throughput of a masked training step vs the same step without IMP (target <= 1.02), bf16 on the GPU.
 python benchmarks/mask_overhead.py --device gpu --precision amp_bf16 --model resnet20 --batch-size 128 --steps 30 --rounds 5
 python benchmarks/mask_overhead.py --device gpu --precision amp_bf16 --model resnet50 --image-size 224 --batch-size 256 --steps 20 --rounds 4
@@ -21,6 +21,7 @@ python -m composer_imp.analyze runs/gpu_smoke/fixed --betas 0,0.25,0.5,0.75,1 --
 if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -gt 1 ]; then
   composer -n 2 -m composer_imp.analyze runs/gpu_smoke/fixed --betas 0,0.25,0.5,0.75,1 --planes 11
   # AdaptiveIMP's sweep spread over 2 GPUs (NCCL all-reduce of losses and BatchNorm statistics).
-  composer -n 2 run.py -f yamls/fmnist_imp.yaml device=gpu precision=amp_bf16 data.data_root="$DATA_ROOT" \
-    save_folder=runs/gpu_smoke/adaptive_2gpu imp.adaptive.enabled=true imp.levels=2 analysis.enabled=false progress_bar=false
+  sed 's/^  IMP:$/  AdaptiveIMP:/' yamls/fmnist_imp.yaml > runs/gpu_smoke/fmnist_adaptive.yaml
+  composer -n 2 run.py -f runs/gpu_smoke/fmnist_adaptive.yaml device=gpu precision=amp_bf16 data.data_root="$DATA_ROOT" \
+    save_folder=runs/gpu_smoke/adaptive_2gpu levels=2 analysis.enabled=false progress_bar=false
 fi

@@ -41,7 +41,7 @@ def time_epochs(loader, epochs):
 
 
 def data_wait_share():
-    from composer import Callback, Trainer
+    from composer import Callback
     from composer_imp.config import load_config
     from composer_imp.recipes import build_recipe
 
@@ -60,12 +60,12 @@ def data_wait_share():
         def batch_end(self, state, logger):
             self.mark = time.perf_counter()
 
-    recipe = build_recipe(load_config('yamls/quickstart.yaml', ['progress_bar=false', 'max_duration=4ep']))
-    model = recipe.model_fn()
-    kwargs = recipe.trainer_kwargs_fn(model, 0)
+    recipe = build_recipe(load_config('yamls/quickstart.yaml', ['progress_bar=false', 'max_duration=4ep',
+                                                                 'algorithms={}', 'algorithms.IMP={}']))
     wait = Wait()
-    kwargs['callbacks'] = kwargs['callbacks'] + [wait]
-    trainer = Trainer(model=model, **kwargs)
+    trainer = recipe.make_trainer(0, 17, {})
+    trainer.state.callbacks.append(wait)
+    trainer.state.algorithms[:] = [a for a in trainer.state.algorithms if type(a).__name__ != 'IMP']  # dense only
     t = time.perf_counter()
     trainer.fit()
     elapsed = time.perf_counter() - t

@@ -4,7 +4,7 @@ Three variants of the same CPU/fp32 training step on a CIFAR ResNet-20 (batch of
 labels, SGD lr=0.1 momentum=0.9 weight_decay=1e-4) are timed side by side in one process:
 
 * ``dense``       a plain Composer training step;
-* ``masked``      the same step with ``composer_imp.algorithms.KeepMask`` holding a global magnitude mask
+* ``masked``      the same step with ``composer_imp.keep_mask.KeepMask`` holding a global magnitude mask
                   (``full_mask`` + ``magnitude_prune(model, mask, sparsity)``); it hooks FIT_START,
                   AFTER_TRAIN_BATCH and BATCH_END, so it only runs honestly inside a real ``Trainer``;
 * ``torch_prune`` the step after ``torch.nn.utils.prune.global_unstructured(..., L1Unstructured, amount=sparsity)``
@@ -53,7 +53,7 @@ from composer.loggers import Logger
 from torch.nn.utils import prune
 from torch.utils.data import DataLoader, TensorDataset
 
-from composer_imp.algorithms import KeepMask, _mask_params_and_state, mask_gradients
+from composer_imp.keep_mask import KeepMask, mask_gradients, mask_params_and_state
 from composer_imp.masks import count_remaining, full_mask, magnitude_prune, prunable_parameters
 from composer_imp.models import build_model
 
@@ -201,7 +201,7 @@ def hook_cost(algo: KeepMask, optimizer: torch.optim.Optimizer, reps: int = 50) 
         t0 = time.perf_counter()
         mask_gradients(pairs)
         t1 = time.perf_counter()
-        _mask_params_and_state(pairs, [optimizer])
+        mask_params_and_state(pairs, [optimizer])
         t2 = time.perf_counter()
         grad_t.append(t1 - t0)
         end_t.append(t2 - t1)

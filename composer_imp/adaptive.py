@@ -9,10 +9,11 @@ inside the train LCS-set of the dense solution. A drop-in replacement for :class
    the measurement the sweep makes.
 2. Sweep at the level-L solution ``w_L`` (:func:`sweep_ratio`, the functional form): for a candidate ratio p,
    prune p of the remaining weights to get the projection ``m_p ⊙ w_L`` and evaluate the training loss along
-   the linear path from ``w_L`` to it on a fixed training subsample (eval mode, no augmentation). Larger p
-   prunes a superset of weights, so the loss at the projection rises with p: the sweep bisects the candidates
-   on the path's endpoint and checks the interior points of the winner only (falling back to smaller ratios if
-   one fails). Candidates at or below the floor are not evaluated. Under Composer's launcher each rank
+   the linear path from ``w_L`` to it on a fixed training subsample (eval mode, no augmentation). The answer is
+   the paper's: the largest candidate whose whole path stays below the threshold, for any loss table (the
+   endpoints of all candidates in one pass, then interiors of passing candidates, largest first; ``search=
+   'bisect'`` is a cheaper opt-in that assumes the endpoint loss rises with p). Candidates at or below the
+   floor are not evaluated. Under Composer's launcher each rank
    evaluates its share of the subsample and the sums are all-reduced. With ``target_sparsity`` set in
    :func:`~composer_imp.find_ticket`, the ratio that lands exactly on the target is one more candidate.
 3. The level prunes ``max(p*, floor)`` where p* is the largest passing ratio and ``floor = ratio``.
@@ -42,7 +43,7 @@ from composer_imp.evaluate import evaluate_losses, fixed_subsample, interpolate,
 from composer_imp.imp import IMP
 from composer_imp.masks import Mask, magnitude_prune, sparsity_report, unwrap_model
 
-__all__ = ['AdaptiveIMP', 'SweepResult', 'sweep_ratio', 'FORWARD_FRACTION_OF_STEP']
+__all__ = ['AdaptiveIMP', 'SweepResult', 'sweep_ratio', 'largest_passing_ratio', 'FORWARD_FRACTION_OF_STEP']
 
 FORWARD_FRACTION_OF_STEP = 1.0 / 3.0
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -64,6 +65,8 @@ class AdaptiveIMP(IMP):
         reference: ``'dense'`` (the paper): the threshold is the dense solution's loss + ε at every level;
             ``'level'``: the loss of the level solution being pruned + ε (the LCS-set of ``w_L`` itself).
         land_on_target: with a ``target_sparsity``, also try the ratio that lands exactly on it (global scope).
+        search: ``'exhaustive'`` (the paper's rule: the largest candidate whose whole path passes, whatever the
+            loss table) or ``'bisect'`` (fewer passes; assumes the endpoint loss rises with the ratio).
         sweep_data: un-augmented training examples for the fixed subsample: a map-style dataset, or an object
             with ``__len__`` and ``batches(indices, batch_size)`` (FFCV's
             :class:`~composer_imp.data.ffcv.BetonExamples`). Default: the training loader's dataset seen through
@@ -74,7 +77,7 @@ class AdaptiveIMP(IMP):
                  scope: str = 'global', ratios: Sequence[float] = DEFAULT_RATIOS,
                  path_points: Sequence[float] = (0.25, 0.5, 0.75, 1.0), subsample: int = 1024, batch_size: int = 512,
                  baseline: str = 'train', recalibrate_bn: bool = True, reference: str = 'dense',
-                 land_on_target: bool = True, sweep_data: Any = None):
+                 land_on_target: bool = True, search: str = 'exhaustive', sweep_data: Any = None):
         super().__init__(ratio, rewind, ignore, scope)
         ratios, path_points = list(ratios), list(path_points)
         if not ratios:
@@ -92,17 +95,19 @@ class AdaptiveIMP(IMP):
             raise ValueError(f"AdaptiveIMP baseline must be 'eval' or 'train'; got {baseline!r}.")
         if reference not in ('dense', 'level'):
             raise ValueError(f"AdaptiveIMP reference must be 'dense' or 'level'; got {reference!r}.")
+        if search not in ('exhaustive', 'bisect'):
+            raise ValueError(f"AdaptiveIMP search must be 'exhaustive' (the paper's rule) or 'bisect'; got {search!r}.")
         self.ratios, self.path_points = [float(r) for r in ratios], [float(b) for b in path_points]
         self.subsample, self.batch_size = subsample, batch_size
         self.baseline, self.recalibrate_bn, self.reference = baseline, recalibrate_bn, reference
-        self.land_on_target = land_on_target
+        self.land_on_target, self.search = land_on_target, search
         self.sweep_data = sweep_data
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), 'ratios': self.ratios, 'path_points': self.path_points,
                 'subsample': self.subsample, 'batch_size': self.batch_size, 'baseline': self.baseline,
                 'recalibrate_bn': self.recalibrate_bn, 'reference': self.reference,
-                'land_on_target': self.land_on_target}
+                'land_on_target': self.land_on_target, 'search': self.search}
 
     def check(self, state: State) -> None:
         """Refuse, before any training, a setup the sweep cannot run on (called by the level loop at level 0)."""
@@ -153,7 +158,11 @@ class AdaptiveIMP(IMP):
         forwards = 0
         reference = level_row if self.reference == 'level' and level_row is not None else dense_row
         try:
-            if self.baseline == 'eval':
+            previous = (level_row or {}).get('sweep') or {}
+            if self.baseline == 'eval' and reference is dense_row and previous.get('baseline') == 'eval' and \
+                    previous.get('reference') == 'dense':
+                dense = previous['dense_loss']  # the dense solution on the same fixed subsample: measured once per run
+            elif self.baseline == 'eval':
                 ref_weights = dense_weights() if reference is dense_row else solution
                 dense = evaluate_losses(model, [ref_weights], batches, self.recalibrate_bn, all_reduce=spread)[0]
                 forwards += self.subsample * (2 if self.recalibrate_bn else 1)
@@ -163,7 +172,8 @@ class AdaptiveIMP(IMP):
             landing = self._landing_ratio(mask, target_sparsity)
             ratios = [*self.ratios, landing] if landing is not None else self.ratios
             result = sweep_ratio(model, solution, mask, batches, threshold, ratios, self.path_points,
-                                 self.recalibrate_bn, self.scope, all_reduce=spread, floor=self.ratio)
+                                 self.recalibrate_bn, self.scope, all_reduce=spread, floor=self.ratio,
+                                 search=self.search)
         finally:
             model.load_state_dict(saved)
         forwards += result.forward_samples
@@ -197,6 +207,42 @@ class SweepResult:
     forward_samples: int            # samples forwarded by the sweep
 
 
+def largest_passing_ratio(
+    ratios: Sequence[float],
+    betas: Sequence[float],
+    losses: Callable[[Sequence[tuple[float, float]]], list[float]],
+    threshold: float,
+    search: str = 'exhaustive',
+) -> Optional[float]:
+    """The largest ratio in ``ratios`` (ascending) whose path losses at every β in ``betas`` (ascending, ending at
+    the projection) are finite and at most ``threshold``; ``None`` if none.
+
+    ``losses(points)`` returns the path losses at ``[(ratio, β), ...]`` (evaluated together when it can).
+    ``'exhaustive'`` follows the rule for any table: all endpoints, then interiors of passing candidates, largest
+    first. ``'bisect'`` bisects on the endpoints, assuming they rise with the ratio, then checks the winner's
+    interior (falling back below it if an interior point fails).
+    """
+    def ok(value: float) -> bool:
+        return math.isfinite(value) and value <= threshold
+
+    def whole_path(ratio: float) -> bool:
+        return all(ok(v) for v in losses([(ratio, b) for b in betas]))
+
+    if search == 'exhaustive':
+        ends = losses([(r, betas[-1]) for r in ratios]) if ratios else []
+        return next((r for r, end in sorted(zip(ratios, ends), reverse=True) if ok(end) and whole_path(r)), None)
+    lo, hi = -1, len(ratios)  # ratios[lo] passes (or none), ratios[hi] fails (or none)
+    if ratios:  # the smallest first: at high sparsity it already fails, and one evaluation settles the sweep
+        lo, hi = (0, hi) if ok(losses([(ratios[0], betas[-1])])[0]) else (-1, 0)
+    while True:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if ok(losses([(ratios[mid], betas[-1])])[0]) else (lo, mid)
+        if lo < 0 or whole_path(ratios[lo]):
+            return ratios[lo] if lo >= 0 else None
+        hi, lo = lo, -1  # an interior point failed: look below it
+
+
 def sweep_ratio(
     model: ComposerModel,
     weights: Mapping[str, torch.Tensor],
@@ -209,8 +255,14 @@ def sweep_ratio(
     scope: str = 'global',
     all_reduce: bool = False,
     floor: float = 0.0,
+    search: str = 'exhaustive',
 ) -> SweepResult:
     """The largest candidate ratio whose whole path from ``weights`` to its projection stays below ``threshold``.
+
+    ``search='exhaustive'`` (the paper's rule, for every loss table): the endpoints of every candidate in one
+    evaluation pass, then the interior points of the candidates whose endpoint passed, largest first, until one
+    passes whole. ``search='bisect'`` (opt-in, fewer passes): bisects the candidates on their endpoints, which
+    assumes the endpoint loss rises with the ratio; when it does not, it can return a smaller ratio than the rule.
 
     Only candidates above ``floor`` are evaluated: the level prunes ``max(p, floor)``, so a passing ratio at or
     below the floor cannot change it (``None`` then means "none above the floor passes").
@@ -219,6 +271,8 @@ def sweep_ratio(
     subsample (see :func:`composer_imp.evaluate.fixed_subsample`); every loss is over the whole subsample, so all
     ranks take the same decisions and ``forward_samples`` counts the samples of all ranks.
     """
+    if search not in ('exhaustive', 'bisect'):
+        raise ValueError(f"search must be 'exhaustive' (the paper's rule) or 'bisect'; got {search!r}.")
     n_samples = sum(len(b[0]) for b in batches)
     if all_reduce and dist.get_world_size() > 1:
         total = torch.tensor([n_samples], dtype=torch.int64, device=next(model.parameters()).device)
@@ -226,45 +280,34 @@ def sweep_ratio(
         n_samples = int(total.item())
     betas = sorted(set(float(b) for b in path_points))
     ratios = sorted(set(float(r) for r in ratios if r > floor))
-    rows: dict[float, dict] = {}
+    rows = {r: {'ratio': r, 'path_losses': {}, 'within': None} for r in ratios}
+    projections: dict[float, dict] = {}  # one magnitude sort per ratio, not per point on its path
     forwards = 0
 
-    projections: dict[float, dict] = {}  # one magnitude sort per ratio, not per point on its path
-
-    def loss_at(ratio: float, beta: float) -> float:
+    def losses(points: Sequence[tuple[float, float]]) -> list[float]:
+        """Path losses at ``(ratio, β)`` points; the missing ones evaluated together, in one pass over the data."""
         nonlocal forwards
-        row = rows.setdefault(ratio, {'ratio': ratio, 'path_losses': {}, 'within': None})
-        if beta not in row['path_losses']:
-            if ratio not in projections:
-                new_mask = magnitude_prune(weights, mask, ratio, scope)
-                projections[ratio] = {k: (v * new_mask[k].to(v.dtype) if k in new_mask else v) for k, v in weights.items()}
-            point = interpolate(weights, projections[ratio], [beta])
-            row['path_losses'][beta] = evaluate_losses(model, point, batches, recalibrate_bn, all_reduce)[0]
-            forwards += n_samples * (2 if recalibrate_bn else 1)
-        return row['path_losses'][beta]
+        todo = [(r, b) for r, b in points if b not in rows[r]['path_losses']]
+        for r, _ in todo:
+            if r not in projections:
+                new_mask = magnitude_prune(weights, mask, r, scope)
+                projections[r] = {k: (v * new_mask[k].to(v.dtype) if k in new_mask else v) for k, v in weights.items()}
+        if todo:
+            sets = [interpolate(weights, projections[r], [b])[0] for r, b in todo]
+            for (r, b), value in zip(todo, evaluate_losses(model, sets, batches, recalibrate_bn, all_reduce)):
+                rows[r]['path_losses'][b] = value
+            forwards += n_samples * len(todo) * (2 if recalibrate_bn else 1)
+        return [rows[r]['path_losses'][b] for r, b in points]
 
-    def ok(value: float) -> bool:
-        return math.isfinite(value) and value <= threshold
-
-    # Larger ratios prune supersets of weights, so the loss at the projection rises with p: bisect on the
-    # endpoints (β = 1, where the path loss usually peaks), then check the winner's interior points.
-    lo, hi = -1, len(ratios)  # ratios[lo] passes (or none), ratios[hi] fails (or none)
-    # The smallest candidate first: at high sparsity it already leaves the set, and one evaluation settles the sweep.
-    if ratios:
-        lo, hi = (0, hi) if ok(loss_at(ratios[0], betas[-1])) else (-1, 0)
-    while True:
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if ok(loss_at(ratios[mid], betas[-1])):
-                lo = mid
-            else:
-                hi = mid
-        if lo < 0 or all(ok(loss_at(ratios[lo], b)) for b in betas[:-1]):
-            break
-        hi, lo = lo, -1  # an interior point failed: the answer is a smaller ratio
-    for ratio, row in rows.items():
-        row['within'] = ok(max(row['path_losses'].values())) and (lo >= 0 and ratio <= ratios[lo])
+    chosen = largest_passing_ratio(ratios, betas, losses, threshold, search)
+    table = []
+    for ratio in ratios:
+        row = rows[ratio]
+        if not row['path_losses']:
+            continue
         row['max_loss'] = max(row['path_losses'].values())
+        row['within'] = chosen is not None and ratio <= chosen and len(row['path_losses']) == len(betas) and \
+            math.isfinite(row['max_loss']) and row['max_loss'] <= threshold
         row['path_losses'] = {str(b): v for b, v in sorted(row['path_losses'].items())}
-    table = [rows[r] for r in sorted(rows)]
-    return SweepResult(ratios[lo] if lo >= 0 else None, table, forwards)
+        table.append(row)
+    return SweepResult(chosen, table, forwards)

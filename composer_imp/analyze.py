@@ -27,7 +27,7 @@ from composer_imp.replicates import analyze_replicates
 
 __all__ = ['main']
 
-log = logging.getLogger(__name__)
+log = logging.getLogger('composer_imp.analyze')  # also when run as __main__
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -91,7 +91,6 @@ class RunConfig:
     checkpoint_interval: Optional[str] = None
     metric: Optional[str] = None  # eval metric recorded as each level's accuracy (default: the first accuracy metric)
     controls: ControlsConfig = field(default_factory=ControlsConfig)
-    imp: Optional[LegacyIMPConfig] = None  # deprecated: see translate_imp_block
     run_name: Optional[str] = None
     seed: int = 17
     device: str = 'auto'
@@ -118,7 +117,6 @@ def _check_keys(user: dict, schema: type, prefix: str = '') -> None:
             hint = f" Did you mean '{prefix}{close[0]}'?" if close else ''
             raise ConfigError(f"Unknown config key '{prefix}{key}'.{hint} Valid keys here: {', '.join(sorted(fields))}.")
         nested = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
-        nested = LegacyIMPConfig if key == 'imp' and schema is RunConfig else nested
         if dataclasses.is_dataclass(nested) and isinstance(value, dict):
             _check_keys(value, nested, f'{prefix}{key}.')
 
@@ -128,8 +126,11 @@ def translate_imp_block(user: dict) -> dict:
     level loop's top-level keys (``imp.levels`` → ``levels``, ``imp.adaptive.enabled`` → ``AdaptiveIMP``, ...)."""
     if user.get('imp') is None:
         return user
-    _check_keys(user['imp'], LegacyIMPConfig, 'imp.')
     user = dict(user)
+    if isinstance(user['imp'], dict) and 'name' in user['imp']:
+        user.pop('imp')  # a config.yaml written by find_ticket: the component's settings, also under algorithms
+        return user
+    _check_keys(user['imp'], LegacyIMPConfig, 'imp.')
     imp = dict(user.pop('imp'))
     if any(name in (user.get('algorithms') or {}) for name in IMP_NAMES):
         raise ConfigError('The config enables IMP twice: under algorithms and in the deprecated imp: block. Keep '
@@ -154,8 +155,8 @@ def config_from_dict(user: dict) -> DictConfig:
     """Validate a plain dict of settings against :class:`RunConfig` and return the merged, typed config."""
     if not isinstance(user, dict):
         raise ConfigError(f'A config must be a mapping of keys to values; got {type(user).__name__}.')
-    _check_keys(user, RunConfig)
     user = translate_imp_block(user)
+    _check_keys(user, RunConfig)
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(user))
     except OmegaConfBaseException as e:
@@ -196,7 +197,7 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
         raise ConfigError(f'{path} is not valid YAML: {e}') from None
     bad = [o for o in overrides if '=' not in o]
     if bad:
-        raise ConfigError(f'Overrides must look like key=value (e.g. imp.levels=3); got {bad}.')
+        raise ConfigError(f'Overrides must look like key=value (e.g. levels=3); got {bad}.')
     try:
         merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as e:

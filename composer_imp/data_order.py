@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ['reseed_data_order', 'restart_epoch_counters', 'SEED_STRIDE']
+__all__ = ['reseed_data_order', 'restart_epoch_counters', 'release_workers', 'SEED_STRIDE']
 
 SEED_STRIDE = 1_000_003
 _BASE = '_composer_imp_base_seed'  # the seed the loader's order object was built with
@@ -58,10 +58,7 @@ def reseed_data_order(loader: Any, data_seed: int) -> None:
         _set(order, 'seed', offset)
         if getattr(order, 'sampler', None) is not None:
             _set(order.sampler, 'seed', offset)
-    iterator = getattr(loader, '_iterator', None)
-    if iterator is not None and hasattr(iterator, '_shutdown_workers'):
-        iterator._shutdown_workers()
-        loader._iterator = None
+    release_workers(loader)
 
 
 def restart_epoch_counters(*loaders: Any) -> None:
@@ -70,3 +67,12 @@ def restart_epoch_counters(*loaders: Any) -> None:
         for counter in (getattr(loader, 'dataset', None), loader):
             if counter is not None and hasattr(counter, 'next_epoch'):
                 counter.next_epoch = 0
+
+
+def release_workers(loader: Any) -> None:
+    """Shut down a torch ``DataLoader``'s persistent workers and drop its iterator: the next Trainer built on the
+    same loader must not find an active iterator (Composer refuses one), and new workers see new seeds."""
+    iterator = getattr(loader, '_iterator', None)
+    if iterator is not None and hasattr(iterator, '_shutdown_workers'):
+        iterator._shutdown_workers()
+        loader._iterator = None

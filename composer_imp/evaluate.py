@@ -82,7 +82,7 @@ def fixed_subsample(dataset: Any, size: int, batch_size: int, seed: int = 0, ran
     """
     n = len(dataset)
     if not 0 < size <= n:
-        raise ValueError(f'imp.adaptive.subsample={size} must be between 1 and the training set size {n}.')
+        raise ValueError(f'subsample={size} must be between 1 and the training set size {n}.')
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].tolist()
     chunks = [idx[s:s + batch_size] for s in range(0, size, batch_size)]
     if rank_share:

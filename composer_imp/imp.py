@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
@@ -43,8 +42,6 @@ from composer_imp.faults import LossGuard
 from composer_imp.rewind import RewindCheckpoint, parse_rewind, rewind_batches
 
 __all__ = ['IMP', 'apply_imp', 'INCOMPATIBLE_ALGORITHMS']
-
-log = logging.getLogger(__name__)
 
 # Composer algorithms that cannot train under a fixed mask on named weights, with the reason (docs/how-it-works.md).
 INCOMPATIBLE_ALGORITHMS = {
@@ -110,12 +107,13 @@ class IMP(Algorithm):
     def __init__(self, ratio: float = 0.2, rewind: Union[str, int, Time] = '0ba', ignore: Iterable[str] = (),
                  scope: str = 'global'):
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) < 1.0:
-            raise ValueError(f'IMP ratio must lie strictly between 0 and 1 (fraction of the remaining weights '
-                             f'pruned per level, e.g. 0.2); got {ratio!r}.')
+            raise ValueError(f'{type(self).__name__} ratio must lie strictly between 0 and 1 (fraction of the remaining '
+                             f'weights pruned per level, e.g. 0.2); got {ratio!r}.')
         if scope not in ('global', 'layerwise'):
-            raise ValueError(f"IMP scope must be 'global' or 'layerwise'; got {scope!r}.")
+            raise ValueError(f"{type(self).__name__} scope must be 'global' or 'layerwise'; got {scope!r}.")
         if isinstance(ignore, str):
-            raise ValueError(f'IMP ignore must be a list of names; got the string {ignore!r} (write [{ignore!r}]).')
+            raise ValueError(f'{type(self).__name__} ignore must be a list of names; got the string {ignore!r} '
+                             f'(write [{ignore!r}]).')
         parse_rewind(rewind)
         self.ratio = float(ratio)
         self.rewind = rewind

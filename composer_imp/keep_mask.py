@@ -29,7 +29,7 @@ from torch import nn
 
 from composer_imp.masks import check_mask_matches, count_remaining, unwrap_model
 
-__all__ = ['KeepMask', 'apply_keep_mask', 'mask_gradients']
+__all__ = ['KeepMask', 'apply_keep_mask', 'mask_gradients', 'mask_params_and_state']
 
 
 def _pairs(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> list[tuple[nn.Parameter, torch.Tensor]]:
@@ -39,7 +39,7 @@ def _pairs(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> list[tuple[nn.
 
 
 @torch.no_grad()
-def _mask_params_and_state(pairs: Sequence[tuple[nn.Parameter, torch.Tensor]], optimizers: Iterable[torch.optim.Optimizer]) -> None:
+def mask_params_and_state(pairs: Sequence[tuple[nn.Parameter, torch.Tensor]], optimizers: Iterable[torch.optim.Optimizer]) -> None:
     params = [p for p, _ in pairs]
     masks = [m for _, m in pairs]
     torch._foreach_mul_(params, masks)
@@ -86,7 +86,7 @@ def apply_keep_mask(
     if isinstance(optimizers, torch.optim.Optimizer):
         optimizers = [optimizers]
     mask_gradients(pairs)
-    _mask_params_and_state(pairs, optimizers or [])
+    mask_params_and_state(pairs, optimizers or [])
 
 
 class KeepMask(Algorithm):
@@ -119,11 +119,11 @@ class KeepMask(Algorithm):
         if event == Event.FIT_START:
             # Bind once per fit: parameters exist on their final device, after surgery and DDP wrapping.
             self._pairs = _pairs(state.model, self.mask)
-            _mask_params_and_state(self._pairs, state.optimizers)
+            mask_params_and_state(self._pairs, state.optimizers)
         elif event == Event.AFTER_TRAIN_BATCH:
             mask_gradients(self._pairs)
         else:
-            _mask_params_and_state(self._pairs, state.optimizers)
+            mask_params_and_state(self._pairs, state.optimizers)
 
     def state_dict(self) -> dict[str, Any]:
         # The mask travels with every checkpoint so a resumed run can check it trains the same mask.

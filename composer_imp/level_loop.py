@@ -44,7 +44,7 @@ from omegaconf import OmegaConf
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy, MultilabelAccuracy
 
 from composer_imp.artifacts import RunFolder, atomic_torch_save, atomic_write_text, changed_keys, replicate_folder
-from composer_imp.data_order import reseed_data_order, restart_epoch_counters
+from composer_imp.data_order import release_workers, reseed_data_order, restart_epoch_counters
 from composer_imp.imp import IMP
 from composer_imp.masks import Mask, full_mask, load_mask, magnitude_prune, sparsity_report, unwrap_model
 from composer_imp.plots import plot_accuracy_vs_compute
@@ -185,6 +185,8 @@ def fit_level(trainer: Trainer, imp: IMP, level: int, mask: Mask, rewind_path: s
     trainer.logger.log_metrics({'imp/level': level, 'imp/weights_remaining': row['weights_remaining'],
                                 **({'imp/accuracy': accuracy} if accuracy is not None else {}),
                                 **({'imp/loss': loss} if loss is not None else {})})
+    for loader in (state.train_dataloader, *(e.dataloader.dataloader for e in state.evaluators)):
+        release_workers(loader)  # the next level's Trainer reuses these loaders
     trainer.close()
     return LevelResult(row, weights)
 
@@ -220,6 +222,7 @@ class _Run:
         trainer, imp = self.build(0)  # checks the recipe and the settings before anything is written
         try:
             imp.check(trainer.state)
+            self.check_metrics(trainer.state)
             self.check_folder(imp)
         except Exception:
             trainer.close()
@@ -307,6 +310,13 @@ class _Run:
                                         lambda: on_rank0(lambda: self.folder.load_weights(0)), self.target,
                                         self.rows[-1])
         return on_rank0(lambda: (magnitude_prune(solution, previous, ratio, imp.scope), ratio, sweep))
+
+    def check_metrics(self, state: State) -> None:
+        """A named metric must be one the Trainer's evaluators compute (checked before level 0 trains)."""
+        names = sorted({k for metrics in state.eval_metrics.values() for k in metrics})
+        for what, name in (('metric', self.metric), ('loss_metric', self.loss_metric)):
+            if name is not None and name not in names:
+                raise ValueError(f'{what}={name!r} is not an eval metric of this Trainer; it has {names}.')
 
     def check_folder(self, imp: IMP) -> None:
         """Refuse to mix runs (nothing is written here)."""

@@ -65,15 +65,15 @@ def _resolve_ignore(model: nn.Module, candidates: dict[str, nn.Parameter], ignor
             ignored.add(f'{entry}.weight')
         elif entry in all_params or entry in module_names:
             raise ValueError(
-                f'imp.ignore entry {entry!r} names a parameter or module that is never pruned '
+                f'ignore entry {entry!r} names a parameter or module that is never pruned '
                 f'(only the weights of {", ".join(m.__name__ for m in PRUNABLE_MODULES)} layers are prunable). '
-                f'Prunable weights are: {", ".join(sorted(candidates))}. Remove {entry!r} from imp.ignore.',
+                f'Prunable weights are: {", ".join(sorted(candidates))}. Remove {entry!r} from IMP(ignore=...).',
             )
         else:
             close = difflib.get_close_matches(entry, sorted(candidates) + sorted(module_names), n=3, cutoff=0.5)
             hint = f' Did you mean {", ".join(repr(c) for c in close)}?' if close else ''
             raise ValueError(
-                f'imp.ignore entry {entry!r} matches no parameter or module of the model.{hint} '
+                f'ignore entry {entry!r} matches no parameter or module of the model.{hint} '
                 f'Names are those of model.named_parameters() / named_modules() of the unwrapped Composer model '
                 f'(a ComposerClassifier prefixes its network with "module."). '
                 f'Prunable weights are: {", ".join(sorted(candidates))}.',
@@ -104,7 +104,7 @@ def prunable_parameters(model: nn.Module, ignore: Iterable[str] = ()) -> dict[st
     ignored = _resolve_ignore(model, candidates, ignore)
     params = {name: p for name, p in candidates.items() if name not in ignored}
     if not params:
-        raise ValueError('The model has no prunable weights left (Conv/Linear weights minus imp.ignore).')
+        raise ValueError('The model has no prunable weights left (Conv/Linear weights minus the ignore list).')
     return params
 
 
@@ -153,7 +153,7 @@ def magnitude_prune(
         A new mask on the CPU.
     """
     if scope not in ('global', 'layerwise'):
-        raise ValueError(f"imp.scope must be 'global' or 'layerwise'; got {scope!r}.")
+        raise ValueError(f"scope must be 'global' or 'layerwise'; got {scope!r}.")
     if isinstance(weights, nn.Module):
         source = dict(unwrap_model(weights).named_parameters())
     else:

@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 
 import matplotlib
 import matplotlib.ticker
+import numpy as np
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
@@ -55,7 +56,6 @@ def plot_accuracy_vs_compute(runs: Mapping[str, Sequence[dict]], path: str) -> s
 
 def plot_landscape_report(analysis: dict, out: str) -> list[str]:
     """Figures 5 and 2 of the paper from an ``analysis.json`` dict, plus ``report.md``; returns the written paths."""
-    import numpy as np
 
     levels = analysis['levels']
     dense = levels[0]['error']

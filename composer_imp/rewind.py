@@ -3,7 +3,7 @@
 Every pruned level starts from this checkpoint with ``Trainer(load_path=..., load_weights_only=False)``,
 so it restores, as the dense run had them at step τ:
 
-* the weights ``w_τ`` (then :class:`~composer_imp.algorithms.KeepMask` zeroes the pruned ones),
+* the weights ``w_τ`` (then :class:`~composer_imp.keep_mask.KeepMask` zeroes the pruned ones),
 * the optimizer state (momentum / Adam moments at τ; pruned entries are zeroed by ``KeepMask``),
 * the schedulers and the timestamp, so the learning rate continues from the *absolute* step τ,
 * the RNG state and the dataloader position, so every level sees the dense run's data order from τ on.
@@ -27,18 +27,18 @@ __all__ = ['RewindCheckpoint', 'parse_rewind', 'rewind_batches']
 def parse_rewind(rewind: Union[str, int, Time]) -> Time:
     """Parse τ: an int (batches) or a Composer time string in batches or epochs (``'2000ba'``, ``'1ep'``)."""
     if isinstance(rewind, bool):
-        raise ValueError(f'imp.rewind must be a Composer time such as "2000ba" or "1ep"; got {rewind!r}.')
+        raise ValueError(f'rewind must be a Composer time such as "2000ba" or "1ep"; got {rewind!r}.')
     if isinstance(rewind, int):
         rewind = Time(rewind, TimeUnit.BATCH)
     elif isinstance(rewind, str):
         try:
             rewind = Time.from_timestring(rewind.strip())
         except (ValueError, TypeError) as e:
-            raise ValueError(f'imp.rewind={rewind!r} is not a Composer time string; use e.g. "2000ba" or "1ep".') from e
+            raise ValueError(f'rewind={rewind!r} is not a Composer time string; use e.g. "2000ba" or "1ep".') from e
     if rewind.unit not in (TimeUnit.BATCH, TimeUnit.EPOCH):
-        raise ValueError(f'imp.rewind must be in batches ("ba") or epochs ("ep"); got {rewind}.')
+        raise ValueError(f'rewind must be in batches ("ba") or epochs ("ep"); got {rewind}.')
     if rewind.value < 0:
-        raise ValueError(f'imp.rewind must be >= 0; got {rewind}.')
+        raise ValueError(f'rewind must be >= 0; got {rewind}.')
     return rewind
 
 
@@ -65,7 +65,7 @@ class RewindCheckpoint(Callback):
     def fit_start(self, state: State, logger: Logger) -> None:
         self.tau = rewind_batches(self.rewind, state.dataloader_len.value if state.dataloader_len is not None else 0)
         if self.tau > 0 and self.rewind.unit == TimeUnit.EPOCH and state.dataloader_len is None:
-            raise ValueError('imp.rewind in epochs needs a train dataloader with a length; give it in batches.')
+            raise ValueError('rewind in epochs needs a train dataloader with a length; give it in batches.')
         if int(state.timestamp.batch) > self.tau and os.path.isfile(self.path):
             self.saved = True  # autoresumed past τ: the rewind point was written before the interruption
         elif self.tau == int(state.timestamp.batch):
@@ -79,7 +79,7 @@ class RewindCheckpoint(Callback):
         if not self.saved:
             raise RuntimeError(
                 f'The run ended at {state.timestamp.batch} before the rewind step τ={self.tau} batches: '
-                'imp.rewind must be earlier than max_duration.',
+                'the rewind step must be earlier than max_duration.',
             )
 
     def _save(self, state: State) -> None:
@@ -88,7 +88,7 @@ class RewindCheckpoint(Callback):
         tmp = os.path.join(os.path.dirname(self.path), 'partial-' + os.path.basename(self.path))
         # Saving an optimizer without state (τ = 0) makes torch initialize it with a zero-grad step,
         # which fills momentum with weight_decay * w. Undo that so the checkpoint leaves training untouched;
-        # levels rewound to τ = 0 skip loading optimizer state (see LevelOrchestrator).
+        # levels rewound to τ = 0 skip loading optimizer state (see composer_imp.level_loop).
         stateless = [opt for opt in state.optimizers if not opt.state]
         checkpoint.save_checkpoint(state, tmp)
         for opt in stateless:

@@ -1,6 +1,13 @@
-"""Run under `composer -n 2`: a short IMP run where every rank dumps what it trained, for tests/test_ddp.py."""
+"""Run under `composer -n 2`: a short IMP run where every rank dumps what it trained, for tests/test_ddp.py.
+
+    composer -n 2 tests/ddp_imp_script.py RECIPE.yaml DUMP_FOLDER [key=value ...]
+
+Like run.py (the recipe's own ``make_trainer`` through :func:`composer_imp.find_ticket`, then the analysis on every
+rank), with one more callback in each level's Trainer.
+"""
 
 import hashlib
+import logging
 import sys
 
 import torch
@@ -8,11 +15,10 @@ from composer import Callback
 from composer.utils import dist
 from omegaconf import OmegaConf
 
-from composer_imp.algorithms import KeepMask
-from composer_imp.analyze import analyze_run
+from composer_imp import IMP, find_ticket
+from composer_imp.analysis import analyze_run
 from composer_imp.config import load_config
 from composer_imp.masks import unwrap_model
-from composer_imp.orchestrator import LevelOrchestrator
 from composer_imp.recipes import build_recipe
 
 
@@ -39,28 +45,33 @@ class DumpRankState(Callback):
         self.eval_counted.append(int((accuracy.tp + accuracy.fn).sum()))
 
     def fit_end(self, state, logger):
-        masks = [a.mask for a in state.algorithms if isinstance(a, KeepMask)]
-        torch.save({'weights': unwrap_model(state.model).state_dict(), 'mask': masks[0] if masks else None,
+        imp = next(a for a in state.algorithms if isinstance(a, IMP))  # IMP or AdaptiveIMP
+        assert imp.level == self.level, (imp.level, self.level)
+        torch.save({'weights': unwrap_model(state.model).state_dict(), 'mask': imp.mask if imp.level else None,
                     'eval_seen': self.eval_seen, 'eval_images': self.eval_images, 'train_labels': self.train_labels,
                     'eval_counted': self.eval_counted},
                    f'{self.out}/rank{dist.get_global_rank()}_level{self.level}.pt')
 
 
 def main(yaml, out, *overrides):
+    logging.basicConfig(format='[composer-imp] %(message)s')
+    logging.getLogger('composer_imp').setLevel(logging.INFO)
     cfg = load_config(yaml, list(overrides))
     recipe = build_recipe(cfg)
 
-    def trainer_kwargs_fn(model, level):
-        kwargs = recipe.trainer_kwargs_fn(model, level)
-        kwargs['callbacks'] = kwargs['callbacks'] + [DumpRankState(out, level)]
-        return kwargs
+    def make_trainer(level, seed, imp_args):
+        trainer = recipe.make_trainer(level, seed, imp_args)
+        trainer.state.callbacks.append(DumpRankState(out, level))  # runs from FIT_START on; INIT is not needed
+        return trainer
 
     config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != 'overwrite'}
-    LevelOrchestrator(recipe.model_fn, trainer_kwargs_fn, cfg.save_folder, recipe.imp, config=config, device=recipe.device,
-                      sweep_data=recipe.sweep_data).run()
+    find_ticket(make_trainer, cfg.save_folder, cfg.levels, target_sparsity=cfg.target_sparsity,
+                checkpoint_interval=cfg.checkpoint_interval, seed=cfg.seed, metric=cfg.metric, config=config,
+                device=recipe.device)
     if cfg.analysis.enabled:  # on every rank, as run.py does
         a = cfg.analysis
-        analyze_run(cfg.save_folder, list(a.betas), a.tolerance, a.recalibrate_bn, a.pairwise, a.planes, recipe=recipe)
+        analyze_run(cfg.save_folder, recipe.analysis_model(), recipe.eval_dataloader, recipe.sweep_data, list(a.betas),
+                    a.tolerance, a.recalibrate_bn, a.pairwise, a.planes)
 
 
 if __name__ == '__main__':

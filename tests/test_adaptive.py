@@ -1,15 +1,19 @@
 """AdaptiveIMP: ε from the dense run's loss noise, the ratio sweep, max(p, floor), and bad input."""
 
 import json
+import random
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from composer_imp import IMPConfig, find_ticket, full_mask
-from composer_imp.adaptive import AdaptiveConfig, LossStatistics, sweep_ratio
+from composer_imp import AdaptiveIMP, find_ticket, full_mask
+from composer_imp.adaptive import DEFAULT_RATIOS, largest_passing_ratio, sweep_ratio
 from composer_imp.evaluate import evaluate_losses, fixed_subsample, interpolate
+from composer_imp.loss_statistics import LossStatistics
 from composer_imp.masks import magnitude_prune, sparsity_report
+
+PATH_POINTS = (0.25, 0.5, 0.75, 1.0)  # AdaptiveIMP's default points on the path
 
 
 def test_epsilon_is_std_of_last_full_epoch_losses():
@@ -52,33 +56,73 @@ def _brute_force(model, weights, mask, batches, ratios, betas, recalibrate_bn):
     return paths
 
 
+@pytest.mark.parametrize('search', ['exhaustive', 'bisect'])
 @pytest.mark.parametrize('recalibrate_bn, floor', [(True, 0.0), (False, 0.0), (True, 0.3)])
-def test_sweep_matches_exhaustive_search_with_fewer_passes(trained, recalibrate_bn, floor):
+def test_sweep_matches_exhaustive_search_on_real_paths(trained, recalibrate_bn, floor, search):
     model, weights, batches = trained
     mask = full_mask(model)
-    cfg = AdaptiveConfig(enabled=True, recalibrate_bn=recalibrate_bn)
-    paths = _brute_force(model, weights, mask, batches, cfg.ratios, cfg.path_points, recalibrate_bn)
+    assert AdaptiveIMP().ratios == list(DEFAULT_RATIOS) and AdaptiveIMP().path_points == list(PATH_POINTS)
+    assert AdaptiveIMP().search == 'exhaustive', "the default is the paper's rule"
+    paths = _brute_force(model, weights, mask, batches, DEFAULT_RATIOS, PATH_POINTS, recalibrate_bn)
     maxima = sorted(max(v) for v in paths.values())
     # Thresholds between the exhaustive path maxima exercise every possible answer.
     thresholds = [maxima[0] / 2] + [(a + b) / 2 for a, b in zip(maxima, maxima[1:])] + [maxima[-1] * 2]
     answers = set()
+    passes = 2 if recalibrate_bn else 1
+    candidates = [r for r in DEFAULT_RATIOS if r > floor]
     for threshold in thresholds:
-        # The issue's rule: the largest ratio whose whole path stays below the threshold.
-        expected = max((r for r in cfg.ratios if all(x <= threshold for x in paths[r])), default=None)
+        # The paper's rule: the largest ratio whose whole path stays below the threshold.
+        expected = max((r for r in DEFAULT_RATIOS if all(x <= threshold for x in paths[r])), default=None)
         if expected is not None and expected <= floor:
             expected = None  # the level prunes the floor either way
-        result = sweep_ratio(model, weights, mask, batches, threshold, cfg, floor=floor)
+        result = sweep_ratio(model, weights, mask, batches, threshold, ratios=DEFAULT_RATIOS,
+                             path_points=PATH_POINTS, recalibrate_bn=recalibrate_bn, floor=floor, search=search)
         assert result.ratio == expected, (threshold, result.table)
         assert all(t['ratio'] > floor for t in result.table), 'ratios at or below the floor are never evaluated'
-        if expected is None:  # the smallest candidate above the floor fails: one evaluation settles it
-            assert result.forward_samples == 300 * (2 if recalibrate_bn else 1)
-        passes = 2 if recalibrate_bn else 1
-        assert result.forward_samples < len(cfg.ratios) * len(cfg.path_points) * 300 * passes
-        assert result.forward_samples % (300 * passes) == 0
+        evaluated = sum(len(t['path_losses']) for t in result.table)
+        assert result.forward_samples == evaluated * 300 * passes  # every forward pass counted
+        if search == 'bisect' and expected is None:  # the smallest candidate above the floor fails: one evaluation
+            assert evaluated == 1
+        if search == 'exhaustive':  # every endpoint, interiors only of passing candidates down to the answer
+            assert {t['ratio'] for t in result.table} == set(candidates)
+            assert evaluated < len(candidates) * len(PATH_POINTS) or expected == min(candidates)
         answers.add(result.ratio)
-        again = sweep_ratio(model, weights, mask, batches, threshold, cfg, floor=floor)
+        again = sweep_ratio(model, weights, mask, batches, threshold, ratios=DEFAULT_RATIOS,
+                            path_points=PATH_POINTS, recalibrate_bn=recalibrate_bn, floor=floor, search=search)
         assert again.ratio == result.ratio and again.table == result.table, 'sweep must be deterministic'
     assert len(answers) >= 3
+
+
+def _table_losses(table, calls):
+    def losses(points):
+        calls.append(list(points))
+        return [table[r][b] for r, b in points]
+    return losses
+
+
+def test_the_paper_rule_holds_on_non_monotone_loss_tables():
+    ratios, betas = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8], [0.5, 1.0]
+    # The issue's table: endpoints 0.3-0.5 -> 1.0, 0.6 -> 1.3, 0.7 -> 1.1, 0.8 -> 1.5; threshold 1.2.
+    ends = {0.3: 1.0, 0.4: 1.0, 0.5: 1.0, 0.6: 1.3, 0.7: 1.1, 0.8: 1.5}
+    table = {r: {0.5: e / 2, 1.0: e} for r, e in ends.items()}
+    calls = []
+    assert largest_passing_ratio(ratios, betas, _table_losses(table, calls), 1.2) == 0.7
+    assert len(calls[0]) == len(ratios), 'all endpoints in one evaluation'
+    assert largest_passing_ratio(ratios, betas, _table_losses(table, []), 1.2, 'bisect') == 0.5
+
+    rng = random.Random(0)
+    disagree = 0
+    for _ in range(2000):
+        table = {r: {b: rng.uniform(0, 2) for b in betas} for r in ratios}
+        threshold = rng.uniform(0.5, 1.5)
+        rule = max((r for r in ratios if all(v <= threshold for v in table[r].values())), default=None)
+        assert largest_passing_ratio(ratios, betas, _table_losses(table, []), threshold) == rule
+        disagree += largest_passing_ratio(ratios, betas, _table_losses(table, []), threshold, 'bisect') != rule
+    assert disagree > 0, 'bisection assumes monotone endpoints, and random tables are not'
+    # Interior points decide too: a candidate whose endpoint passes but whose middle does not is skipped.
+    table = {r: {0.5: 0.1, 1.0: 0.1} for r in ratios}
+    table[0.8][0.5] = float('nan')
+    assert largest_passing_ratio(ratios, betas, _table_losses(table, []), 1.0) == 0.7
 
 
 def test_batchnorm_recalibration_matches_a_reference_pass(trained):
@@ -112,16 +156,10 @@ def test_interpolation_endpoints_are_exact(trained):
     assert all(torch.equal(a[k], weights[k]) and torch.equal(b[k], other[k]) for k in weights)
 
 
-def test_adaptive_run_prunes_max_of_sweep_and_floor(tmp_path, digits_loaders, tiny_model_fn):
-    train, test = digits_loaders
-
-    def kwargs_fn(model, level):
-        return dict(optimizers=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), train_dataloader=train,
-                    eval_dataloader=test, max_duration='2ep', progress_bar=False, device='cpu', seed=1)
-
-    imp = IMPConfig(levels=3, ratio=0.2, rewind='5ba', target_sparsity=0.5,
-                    adaptive={'enabled': True, 'subsample': 200, 'batch_size': 100, 'baseline': 'train'})
-    rows = find_ticket(tiny_model_fn, kwargs_fn, str(tmp_path), imp)
+def test_adaptive_run_prunes_max_of_sweep_and_floor(tmp_path, make_trainer_factory):
+    make_trainer = make_trainer_factory(imp=lambda: AdaptiveIMP(ratio=0.2, rewind='5ba', subsample=200, batch_size=100,
+                                                                baseline='train'))
+    rows = find_ticket(make_trainer, str(tmp_path), levels=3, target_sparsity=0.5, seed=1)
     assert rows[0]['epsilon'] > 0 and rows[0]['sweep'] is None
     for row in rows[1:]:
         sweep = row['sweep']
@@ -129,25 +167,27 @@ def test_adaptive_run_prunes_max_of_sweep_and_floor(tmp_path, digits_loaders, ti
         assert row['ratio'] == pytest.approx(max(sweep['chosen'] or 0.0, 0.2))
         assert row['compute'] == pytest.approx(row['steps'] + sweep['forward_samples'] / (3 * 64))
         assert sweep['forward_samples'] % 400 == 0  # whole passes over the 200-example subsample, recalibration counted
+        saved = json.loads((tmp_path / f"level_{row['level']:02d}" / 'selection.json').read_text())
+        assert saved == {'ratio': row['ratio'], 'sweep': sweep}, 'the sweep is saved with the mask it chose'
     assert rows[-1]['cumulative_compute'] == pytest.approx(sum(r['compute'] for r in rows))
     assert 1 - rows[-1]['weights_remaining'] >= 0.5 and (len(rows) == 4 or 1 - rows[-2]['weights_remaining'] < 0.5)
     assert json.loads((tmp_path / 'summary.json').read_text())['levels'][1]['sweep']['table']
+    from omegaconf import OmegaConf
+    recorded = OmegaConf.load(tmp_path / 'config.yaml').imp
+    assert recorded.name == 'AdaptiveIMP' and recorded.subsample == 200 and recorded.baseline == 'train'
+    assert OmegaConf.load(tmp_path / 'config.yaml').target_sparsity == 0.5
 
 
 @pytest.mark.parametrize('land', [True, False])
-def test_the_ratio_that_lands_on_the_target_is_tried_and_saves_a_level(tmp_path, digits_loaders, tiny_model_fn, land):
+def test_the_ratio_that_lands_on_the_target_is_tried_and_saves_a_level(tmp_path, make_trainer_factory, land):
     # Grid [0.1] with floor 0.05 and target 0.15: the grid alone needs two levels (0.9, then 0.81 remaining); the
     # landing ratio (exactly the weights the target removes, ~0.15 of a dense net) passes the sweep and needs one.
-    train, test = digits_loaders
-
-    def kwargs_fn(model, level):
-        return dict(optimizers=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), train_dataloader=train,
-                    eval_dataloader=test, max_duration='2ep', progress_bar=False, device='cpu', seed=1)
-
-    imp = IMPConfig(levels=3, ratio=0.05, rewind='5ba', target_sparsity=0.15,
-                    adaptive={'enabled': True, 'subsample': 200, 'batch_size': 100, 'ratios': [0.1], 'land_on_target': land})
-    rows = find_ticket(tiny_model_fn, kwargs_fn, str(tmp_path), imp)
-    total = sparsity_report(full_mask(tiny_model_fn()))['total']
+    from composer.models import ComposerClassifier
+    from conftest import TinyNet
+    make_trainer = make_trainer_factory(imp=lambda: AdaptiveIMP(ratio=0.05, rewind='5ba', subsample=200, batch_size=100,
+                                                                ratios=[0.1], land_on_target=land))
+    rows = find_ticket(make_trainer, str(tmp_path), levels=3, target_sparsity=0.15, seed=1)
+    total = sparsity_report(full_mask(ComposerClassifier(TinyNet(), num_classes=10)))['total']
     allowed = int(0.85 * total + 1e-9)  # weights a 0.15 sparsity keeps
     sweep = rows[1]['sweep']
     if land:
@@ -160,18 +200,51 @@ def test_the_ratio_that_lands_on_the_target_is_tried_and_saves_a_level(tmp_path,
         assert len(rows) == 3 and rows[1]['weights_remaining'] > 0.85
 
 
+def _adaptive_yaml(tmp_path, **adaptive):
+    """yamls/quickstart.yaml with AdaptiveIMP in place of IMP (overrides cannot remove algorithms.IMP)."""
+    from omegaconf import OmegaConf
+    from conftest import ROOT
+    cfg = OmegaConf.load(f'{ROOT}/yamls/quickstart.yaml')
+    cfg.algorithms = {'AdaptiveIMP': {'ratio': 0.2, 'rewind': '23ba', **adaptive}}
+    cfg.save_folder = str(tmp_path / 'run')
+    cfg.progress_bar = False  # Composer's progress bar asks sys.stderr for a fileno, which capsys's has not
+    path = tmp_path / 'adaptive.yaml'
+    OmegaConf.save(cfg, path)
+    return path
+
+
 @pytest.mark.parametrize('override, message', [
-    ('imp.adaptive.ratios=[0.5,1.2]', 'imp.adaptive.ratios must all lie strictly between 0 and 1'),
-    ('imp.adaptive.ratios=[]', 'imp.adaptive.ratios is empty'),
-    ('imp.adaptive.subsample=5000', 'imp.adaptive.subsample=5000 is larger than the training set (1437 examples)'),
-    ('imp.adaptive.baseline=median', "imp.adaptive.baseline must be 'eval' or 'train'"),
-    ('imp.adaptive.enable=true', "Did you mean 'imp.adaptive.enabled'"),
-    ('imp.adaptive.reference=previous', "imp.adaptive.reference must be 'dense' or 'level'"),
-    ('imp.target_sparsity=1.0', 'imp.target_sparsity must lie strictly between 0 and 1'),
+    ('algorithms.AdaptiveIMP.ratios=[0.5,1.2]',
+     "algorithms.AdaptiveIMP: could not build AdaptiveIMP({'ratio': 0.2, 'rewind': '23ba', 'ratios': [0.5, 1.2]}): "
+     'AdaptiveIMP ratios must all lie strictly between 0 and 1; got [1.2]'),
+    ('algorithms.AdaptiveIMP.ratios=[]', 'AdaptiveIMP ratios is empty'),
+    ('algorithms.AdaptiveIMP.path_points=[0.5,1.5]', 'AdaptiveIMP path_points must be points β in (0, 1]'),
+    ('algorithms.AdaptiveIMP.subsample=0', 'AdaptiveIMP subsample must be a positive number of training examples'),
+    ('algorithms.AdaptiveIMP.subsample=5000', 'AdaptiveIMP subsample=5000 is larger than the training set (1437 examples)'),
+    ('algorithms.AdaptiveIMP.baseline=median', "AdaptiveIMP baseline must be 'eval' or 'train'"),
+    ('algorithms.AdaptiveIMP.enabled=true', 'algorithms.AdaptiveIMP.enabled is not an argument of AdaptiveIMP'),
+    ('algorithms.AdaptiveIMP.subsampel=100',
+     "algorithms.AdaptiveIMP.subsampel is not an argument of AdaptiveIMP (did you mean 'algorithms.AdaptiveIMP.subsample'?)"),
+    ('algorithms.AdaptiveIMP.reference=previous', "AdaptiveIMP reference must be 'dense' or 'level'"),
+    ('algorithms.AdaptiveIMP.ratio=1.0', "could not build AdaptiveIMP({'ratio': 1.0, 'rewind': '23ba'}): IMP ratio must "
+                                         'lie strictly between 0 and 1'),
+    ('target_sparsity=1.0', 'target_sparsity must lie strictly between 0 and 1'),
 ])
 def test_adaptive_bad_input(override, message, tmp_path, capsys):
     import run
-    from conftest import ROOT
-    code = run.main(['-f', f'{ROOT}/yamls/quickstart.yaml', f'save_folder={tmp_path}', 'imp.adaptive.enabled=true', override])
-    assert code == 2 and message in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
+    code = run.main(['-f', str(_adaptive_yaml(tmp_path)), override])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert not (tmp_path / 'run').exists() or not list((tmp_path / 'run').iterdir())
+
+
+def test_adaptive_bad_input_in_python(tmp_path, make_trainer_factory):
+    """The same refusals from find_ticket: a bad component never gets to train."""
+    with pytest.raises(ValueError, match=r'AdaptiveIMP subsample must be a positive number'):
+        AdaptiveIMP(subsample=-5)
+    make_trainer = make_trainer_factory(imp=lambda: AdaptiveIMP(ratio=0.2, rewind='5ba', subsample=5000))
+    with pytest.raises(ValueError, match=r'AdaptiveIMP subsample=5000 is larger than the training set \(1437 examples\); '
+                                         r'choose at most 1437'):
+        find_ticket(make_trainer, str(tmp_path / 'run'), levels=1)
+    assert not (tmp_path / 'run').exists() or not list((tmp_path / 'run').iterdir())
+    assert all(r.start is None for r in make_trainer.records)

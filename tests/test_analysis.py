@@ -1,6 +1,8 @@
 """Error-landscape analysis: barriers, linear paths through the shared evaluation primitive, a real run end to end."""
 
 import json
+import logging
+import shutil
 
 import pytest
 import torch
@@ -38,18 +40,47 @@ def test_path_endpoints_reproduce_the_endpoint_networks(digits_loaders, tiny_mod
     assert path['errors'][-1] == pytest.approx(wrong / 360)
 
 
-def test_analysis_of_a_real_run_end_to_end(tmp_path, capsys):
+QUICK = f'{ROOT}/yamls/quickstart.yaml'
+RUN = ['levels=2', 'max_duration=3ep', 'eval_interval=3ep', 'model.width=8', 'progress_bar=false']
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope='module')
+def yaml_run(tmp_path_factory):
+    """One real run from the quickstart YAML with the analysis right after the levels: (folder, logged lines)."""
     import run
-    from composer_imp import analyze
-    assert run.main(['-f', f'{ROOT}/yamls/quickstart.yaml', f'save_folder={tmp_path}', 'imp.levels=2',
-                     'max_duration=3ep', 'eval_interval=3ep', 'model.width=8', 'progress_bar=false',
-                     'analysis.enabled=true', 'analysis.betas=[0,0.5,1]']) == 0
-    assert 'connected iff matching' in capsys.readouterr().out  # the analysis ran right after the levels
-    first = (tmp_path / 'analysis' / 'analysis.json').read_text()
-    assert analyze.main([str(tmp_path), '--betas', '0,0.5,1']) == 0  # and again from the command line
-    assert (tmp_path / 'analysis' / 'analysis.json').read_text() == first, 'deterministic'
-    result = json.loads((tmp_path / 'analysis' / 'analysis.json').read_text())
-    summary = json.loads((tmp_path / 'summary.json').read_text())['levels']
+    folder = tmp_path_factory.mktemp('yaml_run')
+    records, logger = _Records(), logging.getLogger('composer_imp')
+    logger.addHandler(records)
+    try:
+        code = run.main(['-f', QUICK, f'save_folder={folder}', *RUN, 'analysis.enabled=true', 'analysis.betas=[0,0.5,1]'])
+    finally:
+        logger.removeHandler(records)
+    assert code == 0
+    return folder, records.messages
+
+
+def test_analysis_of_a_real_run_end_to_end(yaml_run):
+    from composer_imp.analysis import analyze_run
+    from composer_imp.config import load_config
+    from composer_imp.recipes import build_recipe
+    folder, messages = yaml_run
+    assert any('connected iff matching' in m for m in messages), messages  # the analysis ran right after the levels
+    first = (folder / 'analysis' / 'analysis.json').read_text()
+    # Again from Python, with the recipe's model (post-surgery names) and eval loader: the same numbers.
+    recipe = build_recipe(load_config(QUICK, [f'save_folder={folder}', *RUN]))
+    result = analyze_run(str(folder), recipe.analysis_model(), recipe.eval_dataloader, betas=[0.0, 0.5, 1.0])
+    assert (folder / 'analysis' / 'analysis.json').read_text() == first, 'deterministic'
+    assert json.loads(first) == json.loads(json.dumps(result))
+    summary = json.loads((folder / 'summary.json').read_text())['levels']
     assert [r['level'] for r in result['levels']] == [0, 1, 2]
     for r, s in zip(result['levels'], summary):
         assert r['error'] == pytest.approx(1 - s['accuracy'], abs=1e-6), 'same numbers as the trainer measured'
@@ -58,9 +89,20 @@ def test_analysis_of_a_real_run_end_to_end(tmp_path, capsys):
     assert len(matrix) == 3 and matrix[0][2] == matrix[2][0] is not None and matrix[1][1] == 0.0
     assert result['connected_iff_matching'] == all(s['connected'] == s['both_matching'] for s in result['successive'])
     for name in ('error_vs_weights_remaining.png', 'successive_paths.png', 'pairwise_barrier.png'):
-        data = (tmp_path / 'analysis' / name).read_bytes()
+        data = (folder / 'analysis' / name).read_bytes()
         assert data[:4] == b'\x89PNG' and len(data) > 10_000
-    assert 'Connected iff matching' in (tmp_path / 'analysis' / 'report.md').read_text()
+    assert 'Connected iff matching' in (folder / 'analysis' / 'report.md').read_text()
+
+
+def test_analyze_command_reads_the_run_config_and_repeats_the_analysis(yaml_run, caplog):
+    """python -m composer_imp.analyze rebuilds the recipe from the config.yaml the run recorded."""
+    from composer_imp import analyze
+    folder, _ = yaml_run
+    first = (folder / 'analysis' / 'analysis.json').read_text()
+    with caplog.at_level(logging.INFO, logger='composer_imp'):
+        assert analyze.main([str(folder), '--betas', '0,0.5,1']) == 0
+    assert (folder / 'analysis' / 'analysis.json').read_text() == first
+    assert any('analysis of 3 levels written to' in m for m in caplog.messages), caplog.messages
 
 
 def test_analysis_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
@@ -100,20 +142,21 @@ def test_plane_slice_grid_matches_pointwise_evaluation(digits_loaders, tiny_mode
     assert sl['errors'][0][2] == single  # errors[beta][alpha]
 
 
-def test_killed_analysis_resumes_from_its_cache_and_never_replaces_other_settings_silently(tmp_path):
+def test_killed_analysis_resumes_from_its_cache_and_never_replaces_other_settings_silently(tmp_path, yaml_run):
     import signal
     import subprocess
     import sys
     import time
-    import run
-    assert run.main(['-f', f'{ROOT}/yamls/quickstart.yaml', f'save_folder={tmp_path}', 'imp.levels=2', 'max_duration=2ep',
-                     'eval_interval=2ep', 'model.width=8', 'progress_bar=false', 'analysis.enabled=false']) == 0
-    cmd = [sys.executable, '-m', 'composer_imp.analyze', str(tmp_path), '--planes', '21', '--betas', '0,0.5,1']
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first_plane = tmp_path / 'analysis' / 'cache' / 'plane_00_21.json'
+    shutil.copytree(yaml_run[0], tmp_path, dirs_exist_ok=True)  # the finished levels of a real run, moved
+    shutil.rmtree(tmp_path / 'analysis')
+    cmd = [sys.executable, '-m', 'composer_imp.analyze', str(tmp_path), '--planes', '11', '--betas', '0,0.5,1']
+    log = tmp_path.parent / f'{tmp_path.name}-analyze.log'
+    with open(log, 'w') as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+    first_plane = tmp_path / 'analysis' / 'cache' / 'plane_00_11.json'
     deadline = time.time() + 300
     while not first_plane.exists():
-        assert proc.poll() is None and time.time() < deadline, 'the analysis ended before the kill point'
+        assert proc.poll() is None and time.time() < deadline, f'the analysis ended before the kill point: {log.read_text()[-2000:]}'
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -121,31 +164,33 @@ def test_killed_analysis_resumes_from_its_cache_and_never_replaces_other_setting
 
     resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert 'reused 7 finished evaluation(s)' in resumed.stdout  # 3 levels, 3 paths, the first plane
+    assert 'reused 7 finished evaluation(s)' in resumed.stderr, resumed.stderr  # 3 levels, 3 paths, the first plane
+    assert 'analysis of 3 levels written to' in resumed.stderr, resumed.stderr  # the command's own summary line
     text = (tmp_path / 'analysis' / 'analysis.json').read_text()
-    import shutil
     shutil.rmtree(tmp_path / 'analysis')
     fresh = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert fresh.returncode == 0 and 'reused' not in fresh.stdout
+    assert fresh.returncode == 0 and 'reused' not in fresh.stderr, fresh.stderr[-2000:]
     assert (tmp_path / 'analysis' / 'analysis.json').read_text() == text, 'resumed analysis == uninterrupted analysis'
 
     changed = subprocess.run(cmd + ['--tolerance', '0.02'], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert changed.returncode == 2 and 'tolerance: 0.01 -> 0.02' in changed.stderr and '--overwrite' in changed.stderr
     assert (tmp_path / 'analysis' / 'analysis.json').read_text() == text
     replaced = subprocess.run(cmd + ['--tolerance', '0.02', '--overwrite'], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert replaced.returncode == 0 and 'reused 8' in replaced.stdout  # all 8 evaluations are tolerance-independent
+    assert replaced.returncode == 0 and 'reused 8' in replaced.stderr, replaced.stderr[-2000:]  # all 8 evaluations are tolerance-independent
     assert json.loads((tmp_path / 'analysis' / 'analysis.json').read_text())['tolerance'] == 0.02
 
 
-def test_replicates_train_one_run_per_seed_and_define_matching_by_the_dense_spread(tmp_path, capsys):
+def test_replicates_train_one_run_per_seed_and_define_matching_by_the_dense_spread(tmp_path, capsys, caplog):
     import statistics
     import run
     from omegaconf import OmegaConf
-    args = ['-f', f'{ROOT}/yamls/quickstart.yaml', f'save_folder={tmp_path / "reps"}', 'replicates=3', 'imp.levels=2',
+    caplog.set_level(logging.INFO, logger='composer_imp')
+    args = ['-f', QUICK, f'save_folder={tmp_path / "reps"}', 'replicates=3', 'levels=2',
             'max_duration=3ep', 'eval_interval=3ep', 'model.width=8', 'progress_bar=false', 'analysis.betas=[0,0.5,1]']
     assert run.main([*args[:3], 'replicates=2', *args[4:]]) == 0
+    caplog.clear()
     assert run.main(args) == 0  # a third replicate joins: ε and every replicate's tolerance move with it
-    assert 'already done' in capsys.readouterr().out
+    assert sum('already done' in m for m in caplog.messages) == 6, caplog.messages  # replicates 0 and 1 reused
     folders = [tmp_path / 'reps' / f'replicate_{i:02d}' for i in range(3)]
     assert [OmegaConf.load(f / 'config.yaml').seed for f in folders] == [17, 18, 19]
     dense = [torch.load(f / 'level_00' / 'weights.pt', weights_only=True) for f in folders]
@@ -163,15 +208,17 @@ def test_replicates_train_one_run_per_seed_and_define_matching_by_the_dense_spre
     assert (tmp_path / 'reps' / 'analysis' / 'replicates.png').stat().st_size > 10_000
     assert 'Connected iff matching' in (tmp_path / 'reps' / 'analysis' / 'replicates.md').read_text()
     first = (tmp_path / 'reps' / 'analysis' / 'replicates.json').read_text()
-    capsys.readouterr()
+    caplog.clear()
     assert run.main(args) == 0  # the same command again: every level of every replicate is reused
-    assert capsys.readouterr().out.count('already done') == 9
+    assert sum('already done' in m for m in caplog.messages) == 9, caplog.messages
     assert (tmp_path / 'reps' / 'analysis' / 'replicates.json').read_text() == first
 
-    from composer_imp import analyze
-    assert analyze.main([str(folders[0]), '--betas', '0,0.5,1']) == 0  # one replicate alone keeps its ε
-    assert json.loads((folders[0] / 'analysis' / 'analysis.json').read_text())['tolerance'] == result['epsilon']
+    capsys.readouterr()
     assert run.main([*args[:2], f'save_folder={tmp_path / "reps" / "replicate_00"}', *args[3:]]) == 2
     assert 'holds a single IMP run' in capsys.readouterr().err
     assert run.main([*args[:3], 'replicates=0', *args[4:]]) == 2
     assert 'replicates=0 must be at least 1' in capsys.readouterr().err
+
+    from composer_imp import analyze
+    assert analyze.main([str(folders[0]), '--betas', '0,0.5,1']) == 0  # one replicate alone keeps its ε
+    assert json.loads((folders[0] / 'analysis' / 'analysis.json').read_text())['tolerance'] == result['epsilon']

@@ -11,7 +11,7 @@ import torch
 from conftest import ROOT
 
 QUICK = os.path.join(ROOT, 'yamls', 'quickstart.yaml')
-TINY = ['imp.levels=2', 'max_duration=2ep', 'eval_interval=1ep', 'progress_bar=false', 'model.width=4']
+TINY = ['levels=2', 'max_duration=2ep', 'eval_interval=1ep', 'progress_bar=false', 'model.width=4']
 
 
 def _run(args, **kw):
@@ -23,7 +23,10 @@ def test_tiny_imp_run_from_yaml_writes_every_output(tmp_path):
     out = tmp_path / 'run'
     proc = _run(['-f', QUICK, f'save_folder={out}', *TINY])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count('[composer-imp] level') == 3, proc.stdout
+    # The progress lines go through logging to stderr, one per level, never to stdout.
+    assert proc.stderr.count('[composer-imp] level') == 3, proc.stderr
+    assert all(f'[composer-imp] level {l:02d}/02: ' in proc.stderr for l in range(3)), proc.stderr
+    assert '[composer-imp]' not in proc.stdout, proc.stdout
     rows = json.loads((out / 'summary.json').read_text())['levels']
     assert [r['level'] for r in rows] == [0, 1, 2]
     for key in ('weights_remaining', 'ratio', 'accuracy', 'loss', 'steps', 'cumulative_steps', 'wall_seconds',
@@ -36,42 +39,61 @@ def test_tiny_imp_run_from_yaml_writes_every_output(tmp_path):
         assert set(mask) <= set(weights)
     from omegaconf import OmegaConf
     cfg = OmegaConf.load(out / 'config.yaml')
-    assert cfg.imp.levels == 2 and cfg.save_folder == str(out) and cfg.model.width == 4
+    assert cfg.levels == 2 and cfg.save_folder == str(out) and cfg.model.width == 4
+    # The recipe's algorithms section and the IMP component's own settings are both recorded.
+    assert cfg.algorithms.IMP.ratio == 0.2 and cfg.algorithms.IMP.rewind == '23ba'
+    assert cfg.imp.name == 'IMP' and cfg.imp.ratio == 0.2 and cfg.imp.rewind == '23ba' and 'levels' not in cfg.imp
     assert (out / 'rewind' / 'rewind.pt').is_file()
 
 
 def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
-    proc = _run(['-f', QUICK, f'save_folder={tmp_path}', 'imp.ratoi=0.3'])
+    proc = _run(['-f', QUICK, f'save_folder={tmp_path}', 'algorithms.IMP.ratoi=0.3'])
     assert proc.returncode == 2
-    assert "Unknown config key 'imp.ratoi'" in proc.stderr and "Did you mean 'imp.ratio'" in proc.stderr
+    assert "algorithms.IMP.ratoi is not an argument of IMP" in proc.stderr, proc.stderr
+    assert "did you mean 'algorithms.IMP.ratio'" in proc.stderr, proc.stderr
+    assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize('overrides, message', [
-    (['imp.ratio=1.5'], 'imp.ratio must lie strictly between 0 and 1'),
-    (['imp.ratio=0'], 'imp.ratio must lie strictly between 0 and 1'),
-    (['imp.rewind=400ba'], "imp.rewind='400ba' is 400 batches, not before max_duration='15ep'"),
-    (['imp.rewind=1ep', 'max_duration=1ep'], 'not before max_duration'),
-    (['imp.rewind=soon'], 'imp.rewind'),
-    (['imp.ignore=[module.fc.wieght]'], "Did you mean 'module.fc.weight'"),
-    (['bogus_key=1'], "Unknown config key 'bogus_key'"),
-    (['imp.levels=many'], "imp.levels"),
-    (['model.name=resnet21'], "did you mean 'resnet20'"),
-    (['model.depth=3'], 'model.depth is not an option'),
-    (['optimizer.name=SDG'], "did you mean 'SGD'"),
-    (['optimizer.momentun=0.9'], 'optimizer.momentun is not an argument of SGD'),
-    (['data.batch_size=0'], 'data.batch_size=0'),
-    (['max_duration=forever'], 'max_duration'),
+@pytest.mark.parametrize('overrides, messages', [
+    (['algorithms.IMP.ratio=1.5'], ('algorithms.IMP: could not build IMP(', 'IMP ratio must lie strictly between 0 and 1',
+                                    'got 1.5')),
+    (['algorithms.IMP.ratio=0'], ('algorithms.IMP: could not build IMP(', 'IMP ratio must lie strictly between 0 and 1',
+                                  'got 0.')),
+    (['algorithms.IMP.rewind=400ba'], ("algorithms.IMP.rewind='400ba' is 400 batches, not before max_duration='15ep'",
+                                       'Choose an earlier rewind step')),
+    (['algorithms.IMP.rewind=1ep', 'max_duration=1ep'], ("algorithms.IMP.rewind='1ep'", 'not before max_duration')),
+    (['algorithms.IMP.rewind=soon'], ('algorithms.IMP: could not build IMP(', "rewind='soon' is not a Composer time",
+                                      '"2000ba" or "1ep"')),
+    (['algorithms.IMP.scope=local'], ('algorithms.IMP: could not build IMP(', "scope must be 'global' or 'layerwise'")),
+    (['algorithms.IMP.ignore=module.fc'], ("IMP ignore must be a list of names", "(write ['module.fc'])")),
+    # A typo in ignore is found on the model as the Trainer holds it (after surgery), still before anything is written.
+    (['algorithms.IMP.ignore=[module.fc.wieght]'], ("entry 'module.fc.wieght' matches no parameter or module",
+                                                     "Did you mean 'module.fc.weight'")),
+    (['algorithms.AdaptiveIMP.ratio=0.2'], ('Enable exactly one of IMP, AdaptiveIMP under algorithms',
+                                            "this config has ['IMP', 'AdaptiveIMP']")),
+    (['bogus_key=1'], ("Unknown config key 'bogus_key'",)),
+    (['levles=3'], ("Unknown config key 'levles'", "Did you mean 'levels'?")),
+    (['levels=many'], ("Bad value for config key 'levels'",)),
+    (['checkpoint_interval=soon'], ("checkpoint_interval='soon' is not a Composer time string",)),
+    (['model.name=resnet21'], ("did you mean 'resnet20'",)),
+    (['model.depth=3'], ('model.depth is not an option',)),
+    (['optimizer.name=SDG'], ("did you mean 'SGD'",)),
+    (['optimizer.momentun=0.9'], ('optimizer.momentun is not an argument of SGD',)),
+    (['data.batch_size=0'], ('data.batch_size=0',)),
+    (['max_duration=forever'], ('max_duration',)),
     (['data.name=fashion_mnist', 'model.in_channels=1', 'data.data_root=/nonexistent/fmnist'],
-     "data.data_root='/nonexistent/fmnist' lacks train-images-idx3-ubyte.gz"),
-])
-def test_bad_input_is_refused_before_any_work(overrides, message, tmp_path, capsys):
+     ("data.data_root='/nonexistent/fmnist' lacks train-images-idx3-ubyte.gz",)),
+], ids=lambda v: ' '.join(v) if isinstance(v, list) else None)
+def test_bad_input_is_refused_before_any_work(overrides, messages, tmp_path, capsys):
     import run
     keep = tmp_path / 'earlier.txt'
     keep.write_text('results of an earlier run')
-    code = run.main(['-f', QUICK, f'save_folder={tmp_path}', *overrides])
+    code = run.main(['-f', QUICK, f'save_folder={tmp_path}', 'progress_bar=false', *overrides])
     err = capsys.readouterr().err
     assert code == 2
-    assert message in err, err
+    assert err.startswith('composer-imp: error: ') or '\ncomposer-imp: error: ' in err, err
+    for message in messages:
+        assert message in err, err
     assert sorted(os.listdir(tmp_path)) == ['earlier.txt'] and keep.read_text() == 'results of an earlier run'
 
 

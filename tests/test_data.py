@@ -56,3 +56,25 @@ def test_digits_split_is_fixed_and_stratified():
     b_train, b_test = build_datasets('digits')
     assert len(a_test) == 360 and len(a_train) == 1437
     assert (a_test.tensors[0] == b_test.tensors[0]).all()
+
+
+def test_per_rank_batch_sizes_split_the_global_batch():
+    from composer_imp.data import per_rank_batch_sizes
+    assert per_rank_batch_sizes(64, 360) == (64, 360)  # one process: the global batch is the rank's
+    assert per_rank_batch_sizes(64, None) == (64, 64)  # eval defaults to the training batch
+    with pytest.raises(ValueError, match='data.batch_size=0 must be a positive multiple of the world size 1'):
+        per_rank_batch_sizes(0, 8)
+
+
+def test_without_augmentation_is_the_evaluation_view_of_the_training_set():
+    import torch
+    from composer_imp import data, evaluate
+    assert data.without_augmentation is evaluate.without_augmentation  # re-exported where it used to live
+    train, _ = build_datasets('digits')
+    assert data.without_augmentation(train) is train  # tensors carry no augmentation
+
+    class Augmented(torch.utils.data.Dataset):
+        transform, eval_transform = 'random crop', 'center crop'
+
+    view = data.without_augmentation(Augmented())
+    assert view.transform == 'center crop' and Augmented.transform == 'random crop'

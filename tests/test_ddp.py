@@ -10,11 +10,34 @@ import time
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import ROOT
 
-TINY = ['imp.levels=2', 'imp.ratio=0.5', 'max_duration=2ep', 'imp.rewind=10ba', 'eval_interval=1ep',
-        'progress_bar=false', 'model.width=4', 'analysis.enabled=false']
+pytestmark = pytest.mark.slow  # launcher subprocesses, SIGKILL, format round trips: `-m 'not slow'` skips them
+
+QUICKSTART = os.path.join(ROOT, 'yamls', 'quickstart.yaml')
+COMMON = ['levels=2', 'max_duration=2ep', 'eval_interval=1ep', 'progress_bar=false', 'model.width=4',
+          'analysis.enabled=false']
+
+
+def _tiny(component='IMP'):
+    """Two short levels, pruning half the remaining weights each, rewinding to step 10."""
+    return [*COMMON, f'algorithms.{component}.ratio=0.5', f'algorithms.{component}.rewind=10ba']
+
+
+TINY = _tiny()
+
+
+def _with_component(tmp_path, recipe, component):
+    """``recipe`` with its ``algorithms.IMP`` replaced by ``component`` (same settings), written into tmp_path.
+
+    (A dotted override can add ``algorithms.AdaptiveIMP.*`` but cannot remove ``algorithms.IMP``.)"""
+    cfg = OmegaConf.load(recipe)
+    cfg.algorithms = {component: OmegaConf.to_container(cfg.algorithms.IMP)}
+    path = tmp_path / f'{component}_{os.path.basename(recipe)}'
+    OmegaConf.save(cfg, path)
+    return str(path)
 
 
 def _launch(tmp_path, script_args, port, name='rank', **popen):
@@ -32,8 +55,8 @@ def _logs(tmp_path):
     return ''.join(p.read_text() for p in sorted(tmp_path.glob('*.out')) + sorted(tmp_path.glob('*.err')))
 
 
-def _script(out, *overrides):
-    return [os.path.join(ROOT, 'tests', 'ddp_imp_script.py'), os.path.join(ROOT, 'yamls', 'quickstart.yaml'), str(out), *overrides]
+def _script(out, *overrides, recipe=QUICKSTART):
+    return [os.path.join(ROOT, 'tests', 'ddp_imp_script.py'), recipe, str(out), *overrides]
 
 
 def _assert_ranks_agree(out, run, levels):
@@ -45,6 +68,7 @@ def _assert_ranks_agree(out, run, levels):
             assert torch.equal(r0['weights'][k], r1['weights'][k]), f'level {level}: {k} differs across ranks'
         if level:
             saved = torch.load(run / f'level_{level:02d}' / 'mask.pt', weights_only=True)
+            assert saved and set(r0['mask']) == set(r1['mask']) == set(saved)
             for k, m in saved.items():
                 assert torch.equal(r0['mask'][k], m) and torch.equal(r1['mask'][k], m)
                 assert torch.all(r0['weights'][k][~m] == 0)
@@ -54,47 +78,57 @@ def test_two_ranks_hold_identical_masks_weights_and_adaptive_ratios_and_split_th
     out = tmp_path / 'dump'
     out.mkdir()
     run = tmp_path / 'run'
+    recipe = _with_component(tmp_path, QUICKSTART, 'AdaptiveIMP')
     analysis = ['analysis.enabled=true', 'analysis.betas=[0,0.5,1]', 'analysis.planes=4']
-    sweep = ['imp.adaptive.enabled=true', 'imp.adaptive.subsample=128', 'imp.adaptive.batch_size=64',
-             'imp.adaptive.baseline=eval', 'imp.ratio=0.1']  # floor 0.1: the sweep evaluates 0.2 ... 0.9
-    proc = _run(_launch(tmp_path, _script(out, f'save_folder={run}', *TINY, *sweep,
-                                          'data.eval_subset=359', 'eval_interval=2ep', *analysis), 29613))
+    sweep = ['algorithms.AdaptiveIMP.subsample=128', 'algorithms.AdaptiveIMP.batch_size=64',
+             'algorithms.AdaptiveIMP.baseline=eval',
+             'algorithms.AdaptiveIMP.ratio=0.1']  # floor 0.1: the sweep evaluates 0.2 ... 0.9
+    overrides = [f'save_folder={run}', *_tiny('AdaptiveIMP'), *sweep, 'data.eval_subset=359', 'eval_interval=2ep',
+                 *analysis]
+    proc = _run(_launch(tmp_path, _script(out, *overrides, recipe=recipe), 29613))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + _logs(tmp_path)[-4000:]
     _assert_ranks_agree(out, run, 3)
     rows = json.loads((run / 'summary.json').read_text())['levels']
     assert len(rows) == 3, 'outputs are written once, by rank 0'
+    assert OmegaConf.load(run / 'config.yaml').imp.name == 'AdaptiveIMP'
     for level in range(3):  # one evaluation per level over an odd-sized eval set: every example exactly once
         seen = [torch.load(out / f'rank{r}_level{level}.pt', weights_only=True)['eval_seen'] for r in (0, 1)]
         assert seen == [180, 179], seen  # the sampler pads rank 1 by one example; Composer's eval loop drops it
     assert all(r['sweep'] and r['ratio'] == max(r['sweep']['chosen'] or 0, 0.1) for r in rows[1:])
-    _assert_sharded_sweep_equals_single_process(run, rows, TINY + sweep)
+    from composer_imp.config import load_config
+    from composer_imp.recipes import build_recipe
+    single_process = build_recipe(load_config(recipe, overrides))
+    _assert_sharded_sweep_equals_single_process(run, rows, single_process)
 
     # The analysis after the levels ran on both ranks, each evaluating every path and plane point on its half of
     # the odd-sized eval set with the sums all-reduced: it equals the single-process analysis of the same run.
+    from composer_imp.analysis import analyze_run
     two_ranks = json.loads((run / 'analysis' / 'analysis.json').read_text())
-    (run / 'analysis').rename(tmp_path / 'two_ranks_analysis')
-    single = _run([sys.executable, '-m', 'composer_imp.analyze', str(run), '--betas', '0,0.5,1', '--planes', '4'])
-    assert single.returncode == 0, single.stderr[-3000:]
-    expected = json.loads((run / 'analysis' / 'analysis.json').read_text())
+    (run / 'analysis').rename(tmp_path / 'two_ranks_analysis')  # its cache must not answer for the single process
+    expected = analyze_run(str(run), single_process.analysis_model(), single_process.eval_dataloader,
+                           single_process.sweep_data, betas=[0, 0.5, 1], planes=4)
+    assert [r['level'] for r in two_ranks['levels']] == [r['level'] for r in expected['levels']] == [0, 1, 2]
     assert [r['error'] for r in two_ranks['levels']] == [r['error'] for r in expected['levels']]
+    assert len(two_ranks['successive']) == len(expected['successive']) == 2
     for a, b in zip(two_ranks['successive'], expected['successive']):
         assert a['errors'] == b['errors'] and a['losses'] == pytest.approx(b['losses'], rel=1e-5)
+    assert len(two_ranks['planes']) == len(expected['planes']) == 2
     assert [p['errors'] for p in two_ranks['planes']] == [p['errors'] for p in expected['planes']]
     assert two_ranks['pairwise']['barrier'] == expected['pairwise']['barrier']
 
 
-def _assert_sharded_sweep_equals_single_process(run, rows, overrides):
+def _assert_sharded_sweep_equals_single_process(run, rows, recipe):
     """Each rank swept its half of the 128-example subsample (one of the two batches), BatchNorm statistics and loss
     sums all-reduced: the recorded sweep equals the same sweep computed here in one process on all of it."""
+    from composer_imp import AdaptiveIMP
     from composer_imp.adaptive import sweep_ratio
     from composer_imp.artifacts import RunFolder
-    from composer_imp.config import load_config
     from composer_imp.evaluate import evaluate_losses, fixed_subsample
     from composer_imp.masks import load_mask
-    from composer_imp.recipes import build_recipe
 
-    recipe = build_recipe(load_config(os.path.join(ROOT, 'yamls', 'quickstart.yaml'), overrides))
-    adaptive, folder, model = recipe.imp.adaptive, RunFolder(str(run)), recipe.model_fn()
+    adaptive = AdaptiveIMP(**OmegaConf.to_container(recipe.cfg.algorithms.AdaptiveIMP, resolve=True))
+    assert (adaptive.subsample, adaptive.batch_size, adaptive.baseline, adaptive.ratio) == (128, 64, 'eval', 0.1)
+    folder, model = RunFolder(str(run)), recipe.analysis_model()
     batches = fixed_subsample(recipe.sweep_data, adaptive.subsample, adaptive.batch_size)
     assert len(batches) == 2  # so each rank had one
     dense = evaluate_losses(model, [folder.load_weights(0)], batches, adaptive.recalibrate_bn)[0]
@@ -102,14 +136,16 @@ def _assert_sharded_sweep_equals_single_process(run, rows, overrides):
         recorded = rows[level]['sweep']
         assert recorded['dense_loss'] == pytest.approx(dense, rel=1e-5)
         single = sweep_ratio(model, folder.load_weights(level - 1), load_mask(folder.mask(level - 1)), batches,
-                             recorded['threshold'], adaptive, recipe.imp.scope, floor=recipe.imp.ratio)
+                             recorded['threshold'], adaptive.ratios, adaptive.path_points, adaptive.recalibrate_bn,
+                             adaptive.scope, floor=adaptive.ratio)
         assert len(single.table) >= 2  # several paths compared, not one
         assert recorded['chosen'] == single.ratio
         assert [t['ratio'] for t in recorded['table']] == [t['ratio'] for t in single.table]
         for a, b in zip(recorded['table'], single.table):
             assert a['within'] == b['within'] and list(a['path_losses']) == list(b['path_losses'])
             assert list(a['path_losses'].values()) == pytest.approx(list(b['path_losses'].values()), rel=1e-5)
-        # Samples of both ranks counted once (the dense loss is measured once per run, before level 1's sweep).
+        # Samples of both ranks counted once: the sweep's, plus the dense loss on the whole subsample, measured once
+        # per run at the first sweep (BatchNorm recalibration pass + evaluation pass, 2 x 128) and reused after.
         assert recorded['forward_samples'] == single.forward_samples + (2 * 128 if level == 1 else 0)
 
 
@@ -126,7 +162,7 @@ def test_killed_two_rank_run_resumes_with_ranks_in_agreement(tmp_path):
     ref_out, out = tmp_path / 'ref_dump', tmp_path / 'dump'
     ref_out.mkdir()
     out.mkdir()
-    common = [*TINY, 'imp.checkpoint_interval=5ba', 'max_duration=3ep']
+    common = [*TINY, 'checkpoint_interval=5ba', 'max_duration=3ep']
     proc = _run(_launch(tmp_path, _script(ref_out, f'save_folder={tmp_path / "ref"}', *common), 29615, 'ref'))
     assert proc.returncode == 0, _logs(tmp_path)[-4000:]
 
@@ -169,8 +205,8 @@ def _data_run(tmp_path, name, root, run, out, port, *extra):
     return _launch(tmp_path, [os.path.join(ROOT, 'tests', 'ddp_imp_script.py'), os.path.join(ROOT, 'yamls', 'cifar10_resnet20_imp.yaml'),
                               str(out), f'save_folder={run}', f'data.name={name}', f'data.data_root={root}', 'data.kind=cifar10',
                               'data.batch_size=10', 'data.eval_batch_size=10', 'data.num_workers=0', 'device=cpu',
-                              'imp.levels=1', 'imp.rewind=1ep', 'max_duration=2ep', 'eval_interval=2ep', 'progress_bar=false',
-                              'imp.checkpoint_interval=null', 'analysis.enabled=false', *extra], port, name)
+                              'levels=1', 'algorithms.IMP.rewind=1ep', 'max_duration=2ep', 'eval_interval=2ep',
+                              'progress_bar=false', 'checkpoint_interval=null', 'analysis.enabled=false', *extra], port, name)
 
 
 @pytest.mark.parametrize('name', ['streaming', 'ffcv'])
@@ -189,6 +225,7 @@ def test_streaming_and_ffcv_loaders_give_each_rank_its_own_samples_and_evaluate_
     for level in range(2):
         dumps = [torch.load(out / f'rank{r}_level{level}.pt', weights_only=True) for r in (0, 1)]
         epochs = set(dumps[0]['train_labels']) | set(dumps[1]['train_labels'])
+        assert epochs == ({0, 1} if level == 0 else {1}), (level, epochs)  # level 1 trains from τ = 1ep
         for epoch in epochs:  # per epoch, the two ranks' batches together are the training set, each sample once
             per_rank = [d['train_labels'].get(epoch, []) for d in dumps]
             # every epoch is whole (level 1 starts at the rewind point, the start of epoch 1): 50 samples per rank

@@ -10,8 +10,26 @@ if os.environ.get('CI') != 'true':  # CI installs FFCV's system libraries and ff
     pytest.importorskip('ffcv', reason="ffcv is not installed (apt-get install -y pkg-config libopencv-dev "
                         "libturbojpeg0-dev; pip install -e '.[ffcv]')")
 
+from omegaconf import OmegaConf
+
 from conftest import ROOT, normalized
-from test_recipes import TINY, _write_cifar, _write_imagefolder
+from test_recipes import _write_cifar, _write_imagefolder
+
+pytestmark = pytest.mark.slow  # launcher subprocesses, SIGKILL, format round trips: `-m 'not slow'` skips them
+
+CIFAR10 = os.path.join(ROOT, 'yamls', 'cifar10_resnet20_imp.yaml')
+# One level of a 4-step run, on CPU, in the main process (no loader workers); the component's rewind is added per run.
+TINY = ['levels=1', 'max_duration=4ba', 'eval_interval=4ba', 'data.num_workers=0', 'progress_bar=false', 'device=cpu',
+        'checkpoint_interval=null', 'analysis.enabled=false']
+
+
+def _adaptive_recipe(tmp_path, **settings):
+    """The CIFAR-10 recipe with AdaptiveIMP in place of its IMP (a dotted override cannot remove algorithms.IMP)."""
+    cfg = OmegaConf.load(CIFAR10)
+    cfg.algorithms = {'AdaptiveIMP': {**OmegaConf.to_container(cfg.algorithms.IMP), **settings}}
+    path = tmp_path / 'adaptive.yaml'
+    OmegaConf.save(cfg, path)
+    return str(path)
 
 
 def test_cifar_to_beton_then_train_imp(tmp_path, capsys):
@@ -29,9 +47,9 @@ def test_cifar_to_beton_then_train_imp(tmp_path, capsys):
     assert tuple(x.shape) == (20, 3, 32, 32) and torch.equal(y, mem_val.labels)
     assert torch.allclose(x, torch.stack([mem_val[i][0] for i in range(20)]), atol=1e-5)
 
-    code = run.main(['-f', os.path.join(ROOT, 'yamls', 'cifar10_resnet20_imp.yaml'), f'save_folder={tmp_path / "run"}',
+    code = run.main(['-f', CIFAR10, f'save_folder={tmp_path / "run"}',
                      'data.name=ffcv', f'data.data_root={tmp_path / "ffcv"}', 'data.kind=cifar10',
-                     'data.batch_size=10', 'data.eval_batch_size=10', *TINY])
+                     'data.batch_size=10', 'data.eval_batch_size=10', *TINY, 'algorithms.IMP.rewind=2ba'])
     assert code == 0, capsys.readouterr().err[-2000:]
     rows = json.loads((tmp_path / 'run' / 'summary.json').read_text())['levels']
     assert [r['level'] for r in rows] == [0, 1] and rows[1]['start_step'] == 2
@@ -45,13 +63,16 @@ def test_cifar_to_beton_then_train_imp(tmp_path, capsys):
     expected = normalized(images[[57, 3, 88]], 'cifar10')
     assert len(examples) == 100 and by.tolist() == labels[[57, 3, 88]].tolist()
     assert torch.allclose(bx, expected, atol=1e-5)
-    code = run.main(['-f', os.path.join(ROOT, 'yamls', 'cifar10_resnet20_imp.yaml'), f'save_folder={tmp_path / "adaptive"}',
-                     'data.name=ffcv', f'data.data_root={tmp_path / "ffcv"}', 'data.kind=cifar10',
-                     'data.batch_size=10', 'data.eval_batch_size=10', *TINY, 'imp.rewind=1ep', 'max_duration=2ep',
-                     'eval_interval=1ep', 'imp.adaptive.enabled=true', 'imp.adaptive.subsample=40', 'imp.adaptive.batch_size=20'])
+    code = run.main(['-f', _adaptive_recipe(tmp_path, rewind='1ep', subsample=40, batch_size=20),
+                     f'save_folder={tmp_path / "adaptive"}', 'data.name=ffcv', f'data.data_root={tmp_path / "ffcv"}',
+                     'data.kind=cifar10', 'data.batch_size=10', 'data.eval_batch_size=10', *TINY, 'max_duration=2ep',
+                     'eval_interval=1ep'])
     assert code == 0, capsys.readouterr().err[-2000:]
-    sweep = json.loads((tmp_path / 'adaptive' / 'summary.json').read_text())['levels'][1]['sweep']
+    assert OmegaConf.load(tmp_path / 'adaptive' / 'config.yaml').imp.name == 'AdaptiveIMP'
+    level1 = json.loads((tmp_path / 'adaptive' / 'summary.json').read_text())['levels'][1]
+    sweep = level1['sweep']
     assert sweep['table'] and sweep['forward_samples'] > 0 and sweep['epsilon'] > 0
+    assert level1['ratio'] == sweep['pruned'] == max(sweep['chosen'] or 0, 0.2)
 
 
 def test_imagefolder_to_beton_and_refusals(tmp_path, capsys):

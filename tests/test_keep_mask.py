@@ -77,3 +77,31 @@ def test_mask_for_another_model_is_refused(tiny_model_fn, digits_loaders):
     bad = {'module.conv.weight': torch.ones(3, 3, dtype=torch.bool)}
     with pytest.raises(ValueError, match="'module.conv.weight' has shape"):
         _fit(model, torch.optim.SGD(model.parameters(), lr=0.1), digits_loaders[0], [KeepMask(bad)], duration='1ba')
+
+
+def test_apply_keep_mask_zeroes_weights_gradients_and_optimizer_state(tiny_model_fn, digits_loaders):
+    """The functional form (composer_imp.keep_mask, formerly composer_imp.algorithms) after a real step."""
+    from composer_imp.keep_mask import apply_keep_mask
+    model = tiny_model_fn()
+    mask = magnitude_prune(model, full_mask(model), 0.6)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = next(iter(digits_loaders[0]))
+    model.loss(model((x, y)), (x, y)).backward()
+    optimizer.step()
+    model.loss(model((x, y)), (x, y)).backward()
+    params = dict(model.named_parameters())
+    assert all(params[n][~m].abs().sum() > 0 and params[n].grad[~m].abs().sum() > 0 for n, m in mask.items())
+    apply_keep_mask(model, mask, optimizer)
+    for name, m in mask.items():
+        p = params[name]
+        assert torch.all(p[~m] == 0) and torch.all(p.grad[~m] == 0) and p[m].abs().sum() > 0
+        for key in ('exp_avg', 'exp_avg_sq'):
+            assert torch.all(optimizer.state[p][key][~m] == 0) and optimizer.state[p][key][m].abs().sum() > 0
+
+
+def test_imp_outside_the_level_loop_names_find_ticket(tiny_model_fn, digits_loaders):
+    """IMP keeps its mask only inside find_ticket; a plain trainer.fit() is an error naming the fix."""
+    from composer_imp import IMP
+    model = tiny_model_fn()
+    with pytest.raises(RuntimeError, match=r'call that instead of trainer.fit\(\)'):
+        _fit(model, torch.optim.SGD(model.parameters(), lr=0.1), digits_loaders[0], [IMP(ratio=0.2)], duration='1ba')

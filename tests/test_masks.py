@@ -110,3 +110,22 @@ def test_sparsity_report_counts_per_layer():
     report = sparsity_report(mask)
     assert report['total'] == 6 and report['remaining'] == 4
     assert report['layers']['a']['weights_remaining'] == 0.5
+
+
+@pytest.mark.parametrize('scope', ['global', 'layerwise'])
+def test_channels_last_weights_get_contiguous_masks_that_prune_the_same_weights(scope, tmp_path):
+    """Composer's ChannelsLast (and torch's to(memory_format=...)) make conv weights non-contiguous; masks are
+    flattened and saved as they are, so they must stay contiguous and name the same weights by logical index."""
+    net, ref = _net(2), _net(2)
+    net.to(memory_format=torch.channels_last)
+    assert not net[0].weight.is_contiguous()
+    mask = full_mask(net)
+    assert all(m.is_contiguous() and m.dtype == torch.bool and m.all() for m in mask.values())
+    pruned = magnitude_prune(net, mask, 0.5, scope=scope)
+    expected = magnitude_prune(ref, full_mask(ref), 0.5, scope=scope)
+    assert all(torch.equal(pruned[k], expected[k]) for k in expected)
+    again = magnitude_prune(net, pruned, 0.5, scope=scope)  # nested, on the channels-last weights again
+    assert all(not (again[k] & ~pruned[k]).any() for k in again)
+    save_mask(again, tmp_path / 'mask.pt')
+    loaded = load_mask(tmp_path / 'mask.pt', model=net)
+    assert all(torch.equal(loaded[k], again[k]) for k in again)

@@ -12,8 +12,9 @@ import torch
 from conftest import ROOT, normalized
 
 RECIPES = sorted(glob.glob(os.path.join(ROOT, 'yamls', '*.yaml')))
-TINY = ['imp.levels=1', 'imp.rewind=2ba', 'max_duration=4ba', 'eval_interval=4ba', 'data.num_workers=0',
-        'progress_bar=false', 'device=cpu', 'imp.checkpoint_interval=null', 'analysis.enabled=false']
+QUICK = os.path.join(ROOT, 'yamls', 'quickstart.yaml')
+TINY = ['levels=1', 'algorithms.IMP.rewind=2ba', 'max_duration=4ba', 'eval_interval=4ba', 'data.num_workers=0',
+        'progress_bar=false', 'device=cpu', 'checkpoint_interval=null', 'analysis.enabled=false']
 
 
 def _write_cifar(root, classes, test_size=20):
@@ -44,9 +45,11 @@ def _write_imagefolder(root, per_class, size, classes=('n01', 'n02')):
 
 @pytest.mark.parametrize('path', RECIPES, ids=os.path.basename)
 def test_every_recipe_yaml_is_a_valid_config(path):
-    from composer_imp.config import load_config
+    from composer_imp.config import IMP_NAMES, load_config
     cfg = load_config(path)
-    assert cfg.imp.levels >= 8 and cfg.model.name
+    assert cfg.levels >= 8 and cfg.model.name
+    assert cfg.get('imp') is None, 'the shipped recipes use algorithms.IMP, not the deprecated imp: block'
+    assert [n for n in IMP_NAMES if n in cfg.algorithms] == ['IMP'] and 0 < cfg.algorithms.IMP.ratio < 1
 
 
 @pytest.mark.parametrize('recipe, classes', [('cifar10_resnet20_imp.yaml', 10), ('cifar100_resnet18_imp.yaml', 100)])
@@ -89,12 +92,19 @@ def test_r50_recipe_runs_on_an_imagefolder_tree(tmp_path, capsys):
     assert all(torch.all(weights[k][~mask[k]] == 0) for k in mask)
 
 
-def test_ema_is_refused_with_imp(tmp_path, capsys):
+@pytest.mark.parametrize('algorithm, override, reason', [
+    ('EMA', 'algorithms.EMA.half_life=10ba', 'its averaged copy of the weights keeps pruned weights non-zero'),
+    ('SWA', 'algorithms.SWA={}', 'it overwrites the weights with an average that includes values from before the mask'),
+    ('WeightStandardization', 'algorithms.WeightStandardization={}', 'a standardized zero is not zero'),
+    ('Factorize', 'algorithms.Factorize={}', 'it replaces Conv/Linear layers by freshly initialized low-rank factors'),
+], ids=lambda v: v if v in ('EMA', 'SWA', 'WeightStandardization', 'Factorize') else '')
+def test_algorithms_that_cannot_train_under_a_mask_are_refused_with_imp(algorithm, override, reason, tmp_path, capsys):
     import run
-    code = run.main(['-f', os.path.join(ROOT, 'yamls', 'quickstart.yaml'), f'save_folder={tmp_path}',
-                     'algorithms={EMA: {half_life: 10ba}}'])
-    assert code == 2 and 'EMA/SWA cannot be combined with IMP' in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
+    code = run.main(['-f', QUICK, f'save_folder={tmp_path}', 'progress_bar=false', override])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f'{algorithm} cannot be combined with IMP: {reason}' in err and 'Remove it from algorithms.' in err, err
+    assert not list(tmp_path.iterdir()), 'refused before anything is written'
 
 
 def test_mcloud_yaml_parses_with_mcli_and_holds_a_valid_recipe():
@@ -104,7 +114,8 @@ def test_mcloud_yaml_parses_with_mcli_and_holds_a_valid_recipe():
     assert run.compute['gpus'] == 8 and 'composer run.py -f /mnt/config/parameters.yaml' in run.command
     assert any('.[streaming]' in (i.get('pip_install') or '') for i in run.integrations)
     cfg = config_from_dict(dict(run.parameters))
-    assert cfg.optimizer.name == 'DecoupledSGDW' and cfg.max_duration == '15970ba' and cfg.imp.rewind == '5000ba'
+    assert cfg.optimizer.name == 'DecoupledSGDW' and cfg.max_duration == '15970ba'
+    assert cfg.algorithms.IMP.rewind == '5000ba' and cfg.levels == 12 and cfg.get('imp') is None
 
 
 def test_sweep_data_is_the_training_set_without_augmentation(tmp_path):
@@ -125,15 +136,80 @@ def test_sweep_data_is_the_training_set_without_augmentation(tmp_path):
     assert tuple(train_loader.dataset[1][0].shape) == (3, 24, 24)
 
 
-def test_reseed_moves_the_training_order_with_the_seed_and_back():
-    """Replicates share one recipe (and its loaders); each seed must get its own data order, and persistent
-    workers must not keep replaying the first replicate's."""
+def test_reseed_data_order_moves_the_training_order_with_the_data_seed_and_back():
+    """Replicates share one recipe (and its loaders); each data seed must get its own order, data seed 0 the loader's
+    own, and persistent workers must not keep replaying the first replicate's."""
     from composer_imp.config import load_config
+    from composer_imp.data_order import SEED_STRIDE, reseed_data_order
     from composer_imp.recipes import build_recipe
-    recipe = build_recipe(load_config(os.path.join(ROOT, 'yamls', 'quickstart.yaml'), ['data.num_workers=1']))
-    order = lambda: torch.cat([y for _, y in recipe.train_dataloader])
+    recipe = build_recipe(load_config(QUICK, ['data.num_workers=1']))
+    loader = recipe.train_dataloader
+    assert loader.persistent_workers, 'the workers this test must see restarted'
+    order = lambda: torch.cat([y for _, y in loader])
     first = order()
-    recipe.reseed(18)
-    assert recipe.cfg.seed == 18 and not torch.equal(order(), first)
-    recipe.reseed(17)
-    assert torch.equal(order(), first)
+    assert torch.equal(order(), first), 'same epoch, same seed: same order'
+    base = loader.sampler.seed
+    reseed_data_order(loader, 1)
+    assert loader.sampler.seed == base + SEED_STRIDE
+    second = order()
+    assert len(second) == len(first) and not torch.equal(second, first)
+    reseed_data_order(loader, 1)  # idempotent: the base seed is remembered, not moved again
+    assert torch.equal(order(), second)
+    reseed_data_order(loader, 2)
+    assert not torch.equal(order(), first) and not torch.equal(order(), second)
+    reseed_data_order(loader, 0)
+    assert loader.sampler.seed == base and torch.equal(order(), first)
+
+
+def test_each_replicate_of_a_real_run_trains_on_its_own_data_order(tmp_path):
+    """find_ticket(replicates=2) on the recipe's one shared loader: replicate i is built with seed 17 + i and sees the
+    order of data seed i (replicate 0 the loader's own), batch for batch."""
+    from composer import Callback
+    from omegaconf import OmegaConf
+    from composer_imp import find_ticket
+    from composer_imp.config import load_config
+    from composer_imp.data_order import reseed_data_order
+    from composer_imp.recipes import build_recipe
+    recipe = build_recipe(load_config(QUICK, [f'save_folder={tmp_path}', 'data.num_workers=0', 'levels=0',
+                                              'algorithms.IMP.rewind=1ba', 'max_duration=3ba', 'eval_interval=3ba',
+                                              'model.width=4', 'progress_bar=false', 'analysis.enabled=false']))
+    loader = recipe.train_dataloader
+    expected = []
+    for data_seed in (0, 1):
+        reseed_data_order(loader, data_seed)
+        loader.sampler.set_epoch(0)
+        expected.append([y for _, (x, y) in zip(range(3), loader)])
+    reseed_data_order(loader, 0)
+
+    seen = {}
+
+    class Record(Callback):
+        def __init__(self, seed):
+            self.seed = seed
+
+        def after_dataloader(self, state, logger):
+            seen.setdefault(self.seed, []).append(state.batch[1].detach().cpu().clone())
+
+    def make_trainer(level, seed, imp_args):
+        trainer = recipe.make_trainer(level, seed, imp_args)
+        trainer.state.callbacks.append(Record(seed))
+        return trainer
+
+    runs = find_ticket(make_trainer, str(tmp_path), levels=0, seed=17, replicates=2)
+    assert [[r['level'] for r in rows] for rows in runs] == [[0], [0]]
+    assert sorted(seen) == [17, 18]
+    for seed, order in zip((17, 18), expected):
+        assert len(seen[seed]) == 3 and all(torch.equal(a, b) for a, b in zip(seen[seed], order)), seed
+    assert not torch.equal(torch.cat(seen[17]), torch.cat(seen[18]))
+    assert [OmegaConf.load(tmp_path / f'replicate_{i:02d}' / 'config.yaml').seed for i in (0, 1)] == [17, 18]
+
+
+def test_a_recipe_with_loader_workers_trains_every_level(tmp_path, capsys):
+    """The recipes use data.num_workers > 0 (persistent workers) and reuse their loaders for every level: the level-1
+    Trainer must not find the loader still holding level 0's iterator (Composer refuses a loader with one)."""
+    import run
+    code = run.main(['-f', QUICK, f'save_folder={tmp_path}', 'data.num_workers=1', 'levels=1', 'max_duration=2ep',
+                     'eval_interval=2ep', 'model.width=4', 'progress_bar=false', 'analysis.enabled=false'])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    rows = json.loads((tmp_path / 'summary.json').read_text())['levels']
+    assert [r['level'] for r in rows] == [0, 1] and rows[1]['weights_remaining'] == pytest.approx(0.8, abs=1e-3)

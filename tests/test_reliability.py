@@ -15,7 +15,7 @@ from composer import Callback
 from conftest import ROOT
 
 QUICK = os.path.join(ROOT, 'yamls', 'quickstart.yaml')
-SMALL = ['imp.levels=2', 'max_duration=3ep', 'eval_interval=3ep', 'model.width=4', 'imp.checkpoint_interval=10ba',
+SMALL = ['levels=2', 'max_duration=3ep', 'eval_interval=3ep', 'model.width=4', 'checkpoint_interval=10ba',
          'progress_bar=false']
 COMPARED = ('level', 'weights_remaining', 'remaining', 'ratio', 'accuracy', 'loss', 'eval', 'steps', 'start_step',
             'cumulative_steps', 'epsilon', 'train_loss_mean')
@@ -99,18 +99,24 @@ def test_truncated_artifact_is_detected_and_redone(artifact, tmp_path, reference
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     proc = _finish(tmp_path)
     assert 'truncated or corrupted' in proc.stderr and artifact.split('/')[-1] in proc.stderr
-    assert proc.stdout.count('already done') == 2
+    assert proc.stderr.count('already done') == 2, proc.stderr  # progress lines: logging, on stderr
     _assert_same(_state(tmp_path), reference)
 
 
 def test_changed_config_refused_then_overwrite_starts_over(tmp_path, reference_folder):
     shutil.copytree(reference_folder, tmp_path, dirs_exist_ok=True)
-    before = (tmp_path / 'summary.json').read_bytes()
-    proc = subprocess.run(_cmd(tmp_path) + ['imp.ratio=0.5'], capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 2 and 'imp.ratio (0.2 -> 0.5)' in proc.stderr and '--overwrite' in proc.stderr
-    assert (tmp_path / 'summary.json').read_bytes() == before
-    proc = subprocess.run(_cmd(tmp_path) + ['imp.ratio=0.5', 'imp.levels=1', '--overwrite'], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
+    proc = subprocess.run(_cmd(tmp_path) + ['algorithms.IMP.ratio=0.5'], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    # Both records of the ratio changed: the recipe's algorithms section and the IMP component's settings.
+    assert 'holds an IMP run made with a different config; changed keys:' in proc.stderr, proc.stderr
+    assert 'algorithms.IMP.ratio (0.2 -> 0.5)' in proc.stderr and 'imp.ratio (0.2 -> 0.5)' in proc.stderr, proc.stderr
+    assert '--overwrite' in proc.stderr
+    assert {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()} == before, \
+        'a refused run changes nothing'
+    proc = subprocess.run(_cmd(tmp_path) + ['algorithms.IMP.ratio=0.5', 'levels=1', '--overwrite'], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((tmp_path / 'summary.json').read_text())['levels']
     assert [r['ratio'] for r in rows] == [0.0, 0.5] and not (tmp_path / 'level_02').exists()
@@ -119,24 +125,36 @@ def test_changed_config_refused_then_overwrite_starts_over(tmp_path, reference_f
     assert kept == pytest.approx(0.5, abs=1e-3)
 
 
-def test_divergence_stops_the_level_and_keeps_earlier_levels(tmp_path, digits_loaders, tiny_model_fn):
-    from composer_imp import IMPConfig, find_ticket
+def _make_trainer(loaders, max_duration, callbacks_at, **imp_kwargs):
+    """A user's make_trainer: a fresh TinyNet, SGD and Trainer per level, loaders built once outside."""
+    from composer import Trainer
+    from composer.models import ComposerClassifier
+    from composer_imp import IMP
+    from conftest import TinyNet
+    train, test = loaders
+
+    def make_trainer(level, seed, imp_args):
+        model = ComposerClassifier(TinyNet(), num_classes=10)
+        return Trainer(model=model, optimizers=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                       train_dataloader=train, eval_dataloader=test, max_duration=max_duration, progress_bar=False,
+                       device='cpu', algorithms=[IMP(**imp_kwargs)], callbacks=callbacks_at(level), seed=seed,
+                       **imp_args)
+    return make_trainer
+
+
+def test_divergence_stops_the_level_and_keeps_earlier_levels(tmp_path, digits_loaders):
+    from composer_imp import find_ticket
     from composer_imp.artifacts import RunFolder
     from composer_imp.faults import TrainingDiverged
-    train, test = digits_loaders
 
     class Explode(Callback):  # after the rewind point is loaded (it restores the optimizer's LR), make it diverge
         def fit_start(self, state, logger):
             for group in state.optimizers[0].param_groups:
                 group['lr'] = 1e30  # weights overflow to inf within a step or two
 
-    def kwargs_fn(model, level):
-        return dict(optimizers=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), train_dataloader=train,
-                    eval_dataloader=test, max_duration='1ep', progress_bar=False, device='cpu', seed=1,
-                    callbacks=[Explode()] if level == 2 else [])
-
+    make_trainer = _make_trainer(digits_loaders, '1ep', lambda level: [Explode()] if level == 2 else [], rewind='2ba')
     with pytest.raises(TrainingDiverged, match=r'level 02: the training loss became (nan|inf) at step \d+; the last finite loss was'):
-        find_ticket(tiny_model_fn, kwargs_fn, str(tmp_path), IMPConfig(levels=3, rewind='2ba'))
+        find_ticket(make_trainer, str(tmp_path), levels=3, seed=1)
     folder = RunFolder(str(tmp_path))
     assert folder.verify(0) and folder.verify(1)
     assert not folder.is_done(2)
@@ -145,14 +163,15 @@ def test_divergence_stops_the_level_and_keeps_earlier_levels(tmp_path, digits_lo
 
 def test_divergence_from_the_cli_exits_nonzero(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'run.py'), '-f', QUICK, f'save_folder={tmp_path}',
-                           'optimizer.lr=1e30', 'imp.levels=1', 'max_duration=2ep', 'progress_bar=false'],
+                           'optimizer.lr=1e30', 'levels=1', 'max_duration=2ep', 'progress_bar=false'],
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 3 and 'level 00: the training loss became' in proc.stderr
+    assert proc.returncode == 3 and 'composer-imp: training diverged: level 00: the training loss became' in proc.stderr, \
+        proc.stderr[-2000:]
+    assert not (tmp_path / 'level_00' / 'level.json').exists()
 
 
-def test_level_collapsed_to_chance_is_flagged(tmp_path, digits_loaders, tiny_model_fn):
-    from composer_imp import IMPConfig, find_ticket
-    train, test = digits_loaders
+def test_level_collapsed_to_chance_is_flagged(tmp_path, digits_loaders, caplog):
+    from composer_imp import find_ticket
 
     class Freeze(Callback):  # level 1 outputs constant logits and does not learn: one class for every input
         def fit_start(self, state, logger):
@@ -162,11 +181,11 @@ def test_level_collapsed_to_chance_is_flagged(tmp_path, digits_loaders, tiny_mod
                 state.model.module.fc.weight.zero_()
                 state.model.module.fc.bias.zero_()
 
-    def kwargs_fn(model, level):
-        return dict(optimizers=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), train_dataloader=train,
-                    eval_dataloader=test, max_duration='2ep', progress_bar=False, device='cpu', seed=1,
-                    callbacks=[Freeze()] if level == 1 else [])
-
-    rows = find_ticket(tiny_model_fn, kwargs_fn, str(tmp_path), IMPConfig(levels=1, ratio=0.9, rewind='0ba'))
+    make_trainer = _make_trainer(digits_loaders, '2ep', lambda level: [Freeze()] if level == 1 else [], ratio=0.9,
+                                 rewind='0ba')
+    with caplog.at_level('WARNING', logger='composer_imp'):
+        rows = find_ticket(make_trainer, str(tmp_path), levels=1, seed=1)
     assert rows[0]['collapsed'] is False and rows[0]['accuracy'] > 0.8
     assert rows[1]['collapsed'] is True and rows[1]['accuracy'] <= 0.15
+    assert [r.getMessage() for r in caplog.records if 'is at chance level' in r.getMessage()] == \
+        [f'level 01 accuracy {100 * rows[1]["accuracy"]:.2f}% is at chance level (10.0%)']

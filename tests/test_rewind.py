@@ -1,4 +1,4 @@
-"""Rewinding through the orchestrator: each level starts at step τ from mask ⊙ w_τ with the dense run's
+"""Rewinding through the level loop: each level starts at step τ from mask ⊙ w_τ with the dense run's
 optimizer state (masked), learning rate and data order at τ."""
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from composer import Callback
 from composer.optim import CosineAnnealingScheduler
 
-from composer_imp import IMPConfig, LevelOrchestrator
+from composer_imp import IMP, find_ticket
 
 TAU = 30  # mid-epoch (22 batches per epoch): exercises the dataloader position too
 
@@ -31,18 +31,18 @@ class Probe(Callback):
 
 
 @pytest.mark.parametrize('tau', [0, TAU])
-def test_levels_start_from_masked_rewind_point(tau, tmp_path, tiny_model_fn, digits_loaders):
-    train, test = digits_loaders
+def test_levels_start_from_masked_rewind_point(tau, tmp_path, make_trainer_factory):
     probes = {}
 
-    def trainer_kwargs_fn(model, level):
+    def extra(level):
         probes[level] = Probe(at=tau if level == 0 else None)
-        return dict(optimizers=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3),
-                    schedulers=[CosineAnnealingScheduler()], train_dataloader=train, eval_dataloader=test,
-                    max_duration='3ep', callbacks=[probes[level]], progress_bar=False, device='cpu', seed=3)
+        return dict(schedulers=[CosineAnnealingScheduler()], callbacks=[probes[level]])
 
-    orch = LevelOrchestrator(tiny_model_fn, trainer_kwargs_fn, str(tmp_path), IMPConfig(levels=2, ratio=0.5, rewind=f'{tau}ba'))
-    rows = orch.run()
+    make_trainer = make_trainer_factory(
+        imp=lambda: IMP(ratio=0.5, rewind=f'{tau}ba'), max_duration='3ep', extra=extra,
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3))
+    rows = find_ticket(make_trainer, str(tmp_path), levels=2, seed=3)
+    assert [r.level for r in make_trainer.records] == [0, 1, 2]
     dense = probes[0].snap
     assert dense['step'] == tau
     for level in (1, 2):
@@ -65,10 +65,25 @@ def test_levels_start_from_masked_rewind_point(tau, tmp_path, tiny_model_fn, dig
         assert dense['momentum'], 'the rewind point must carry the momentum at tau'
 
 
-def test_rewind_in_epochs_equals_batches(tmp_path, tiny_model_fn, digits_loaders):
+def test_rewind_in_epochs_equals_batches(tmp_path, digits_loaders):
     from composer_imp.rewind import rewind_batches
     assert rewind_batches('2ep', len(digits_loaders[0])) == 2 * len(digits_loaders[0])
     assert rewind_batches(7, 22) == 7
+    assert IMP(rewind='2ep').tau(len(digits_loaders[0])) == 2 * len(digits_loaders[0])
     for bad in ('abc', '5tok', '-1ba'):
-        with pytest.raises(ValueError, match='imp.rewind'):
+        with pytest.raises(ValueError, match='rewind'):
             rewind_batches(bad, 22)
+        with pytest.raises(ValueError, match='rewind'):  # the component refuses it when built, before any Trainer
+            IMP(rewind=bad)
+
+
+def test_rewind_in_epochs_saves_the_same_point(tmp_path, make_trainer_factory):
+    """τ = '1ep' and τ = 22 batches (one epoch of digits) rewind every level to the same state."""
+    rewound = {}
+    for rewind in ('1ep', '22ba'):
+        make_trainer = make_trainer_factory(imp=lambda: IMP(ratio=0.5, rewind=rewind), max_duration='2ep')
+        rows = find_ticket(make_trainer, str(tmp_path / rewind), levels=1, seed=3)
+        assert rows[1]['start_step'] == 22 and rows[1]['steps'] == 22
+        rewound[rewind] = make_trainer.records[-1].start
+    assert rewound['1ep'].keys() == rewound['22ba'].keys()
+    assert all(torch.equal(rewound['1ep'][k], rewound['22ba'][k]) for k in rewound['1ep'])

@@ -9,6 +9,8 @@ import torch
 from conftest import ROOT, normalized
 from test_recipes import TINY, _write_cifar
 
+pytestmark = pytest.mark.slow  # launcher subprocesses, SIGKILL, format round trips: `-m 'not slow'` skips them
+
 
 def test_cifar100_reads_the_same_from_files_and_from_mds_shards(tmp_path):
     # One normalization table for every loader: CIFAR-100 used CIFAR-10's statistics in the in-memory loader only.
@@ -72,8 +74,8 @@ def test_converter_refuses_to_overwrite_and_reader_names_missing_shards(tmp_path
 
 
 def test_levels_continue_the_streamed_data_order_from_tau(tmp_path):
-    from composer.utils import reproducibility
-    from composer_imp import IMPConfig, find_ticket
+    from composer import Trainer
+    from composer_imp import IMP, find_ticket
     from composer_imp.data import make_loaders
     from composer_imp.data.convert import main as convert
     from composer_imp.models import build_model
@@ -85,17 +87,17 @@ def test_levels_continue_the_streamed_data_order_from_tau(tmp_path):
     tau = 13  # 10 batches per epoch: mid-epoch 2, restored from Streaming's own state in the rewind checkpoint
     probes = {}
 
-    def model_fn():
-        reproducibility.seed_all(0)
-        return build_model('resnet20', num_classes=10, width=4)
-
-    def kwargs_fn(model, level):
+    def make_trainer(level, seed, imp_args):  # the loaders are built once and reused by every level
+        model = build_model('resnet20', num_classes=10, width=4)
         probes[level] = Probe(at=tau if level == 0 else None)
-        return dict(optimizers=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), train_dataloader=train,
-                    eval_dataloader=val, max_duration='2ep', callbacks=[probes[level]], progress_bar=False, device='cpu', seed=3)
+        return Trainer(model=model, optimizers=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                       train_dataloader=train, eval_dataloader=val, max_duration='2ep', callbacks=[probes[level]],
+                       algorithms=[IMP(ratio=0.2, rewind=f'{tau}ba')], progress_bar=False, device='cpu', seed=seed,
+                       **imp_args)
 
-    rows = find_ticket(model_fn, kwargs_fn, str(tmp_path / 'run'), IMPConfig(levels=1, rewind=f'{tau}ba'))
-    assert probes[1].snap['step'] == tau and rows[1]['steps'] == 20 - tau
+    rows = find_ticket(make_trainer, str(tmp_path / 'run'), levels=1, seed=3)
+    assert [r['level'] for r in rows] == [0, 1] and rows[1]['start_step'] == tau
+    assert probes[0].snap['step'] == tau and probes[1].snap['step'] == tau and rows[1]['steps'] == 20 - tau
     assert torch.equal(probes[1].snap['labels'], probes[0].snap['labels']), 'level 1 must see the dense order from tau'
 
 
@@ -114,8 +116,8 @@ def test_sigkilled_streaming_run_resumes_to_the_uninterrupted_result(tmp_path):
         return [sys.executable, os.path.join(ROOT, 'run.py'), '-f', os.path.join(ROOT, 'yamls', 'cifar10_resnet20_imp.yaml'),
                 f'save_folder={folder}', 'data.name=streaming', f'data.data_root={tmp_path / "mds"}', 'data.kind=cifar10',
                 'data.batch_size=10', 'data.eval_batch_size=10', 'data.num_workers=0', 'device=cpu', 'progress_bar=false',
-                'imp.levels=1', 'imp.rewind=5ba', 'max_duration=3ep', 'eval_interval=3ep', 'imp.checkpoint_interval=5ba',
-                'analysis.enabled=false']
+                'levels=1', 'algorithms.IMP.rewind=5ba', 'max_duration=3ep', 'eval_interval=3ep',
+                'checkpoint_interval=5ba', 'analysis.enabled=false']
 
     def finish(folder):
         proc = subprocess.run(cmd(folder), capture_output=True, text=True, cwd=ROOT, timeout=600)

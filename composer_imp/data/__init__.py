@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import gzip
+import inspect
 import os
 import pickle
 import struct
@@ -35,7 +36,9 @@ import torch
 from composer.utils import dist
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
+from composer_imp.data.ffcv import BetonExamples, ffcv_loaders
 from composer_imp.data.normalization import NORMALIZATION
+from composer_imp.data.streaming import streaming_datasets
 from composer_imp.evaluate import without_augmentation
 
 __all__ = ['build_datasets', 'build_dataloaders', 'make_loaders', 'per_rank_batch_sizes', 'read_idx', 'raw_arrays', 'without_augmentation', 'DATASETS', 'FASHION_MNIST_ROOT']
@@ -228,7 +231,6 @@ def _streaming(data_root: Optional[str] = None, local: Optional[str] = None, rem
                device_eval_batch_size: Optional[int] = None) -> tuple[Dataset, Dataset]:
     """MDS shards: ``local`` (or ``data_root``) is the shard folder, or the cache folder when ``remote`` is set.
     Streaming needs the per-device batch sizes (for deterministic resumption); the recipe passes them."""
-    from composer_imp.data.streaming import streaming_datasets
     folder = local or data_root
     if folder is None:
         raise ValueError('data.name=streaming needs data.local (or data.data_root): the folder of the MDS shards, '
@@ -248,7 +250,6 @@ DATASETS: dict[str, Callable[..., tuple[Dataset, Dataset]]] = {
 
 def build_datasets(name: str, **kwargs: Any) -> tuple[Dataset, Dataset]:
     """(train, eval) datasets by name; unknown names or options raise ``ValueError``."""
-    import inspect
 
     if name not in DATASETS:
         raise ValueError(f'data.name={name!r} is not a known dataset; known: {", ".join(DATASETS)}.')
@@ -277,8 +278,6 @@ def make_loaders(name: str, data_kwargs: dict, loader_kwargs: dict, seed: int = 
     recalibration: a map-style dataset, or :class:`~composer_imp.data.ffcv.BetonExamples` for FFCV.
     """
     if name == 'ffcv':
-        from composer_imp.data.ffcv import BetonExamples, ffcv_loaders
-
         batch, eval_batch = per_rank_batch_sizes(loader_kwargs['batch_size'], loader_kwargs.get('eval_batch_size'))
         root = data_kwargs.pop('data_root', None) or data_kwargs.pop('local', None)
         if root is None:

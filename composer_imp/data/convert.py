@@ -15,6 +15,7 @@ import os
 import sys
 
 from composer_imp.data import raw_arrays
+from composer_imp.data.ffcv import write_beton
 from composer_imp.data.streaming import write_mds
 
 
@@ -46,7 +47,6 @@ def main(argv=None) -> int:
 
 
 def _to_ffcv(args) -> int:
-    from composer_imp.data.ffcv import write_beton
 
     paths = {split: os.path.join(args.out, f'{split}.beton') for split in ('train', 'val')}
     existing = [p for p in paths.values() if os.path.exists(p)]

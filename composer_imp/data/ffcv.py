@@ -25,6 +25,7 @@ import os
 from typing import Any, Optional
 
 import numpy as np
+from composer.utils import dist
 
 from composer_imp.data.normalization import NORMALIZATION
 
@@ -132,7 +133,6 @@ def ffcv_loaders(root: str, kind: str, batch_size: int, eval_batch_size: int, nu
     if distributed:
         # FFCV's distributed order pads ranks with repeated examples, which Composer cannot trim from the metrics.
         # Each rank reads its strided share unpadded instead (shares differ by at most one example) ...
-        from composer.utils import dist
         n, world = int(Reader(os.path.join(root, 'val.beton')).num_samples), dist.get_world_size()
         eval_indices = np.arange(dist.get_global_rank(), n, world, dtype='uint64')  # FFCV's index type
         eval_batches = math.ceil(math.ceil(n / world) / eval_batch_size)  # ... in the batch count of the largest share
