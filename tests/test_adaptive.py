@@ -226,7 +226,7 @@ def _adaptive_yaml(tmp_path, **adaptive):
     ('algorithms.AdaptiveIMP.subsampel=100',
      "algorithms.AdaptiveIMP.subsampel is not an argument of AdaptiveIMP (did you mean 'algorithms.AdaptiveIMP.subsample'?)"),
     ('algorithms.AdaptiveIMP.reference=previous', "AdaptiveIMP reference must be 'dense' or 'level'"),
-    ('algorithms.AdaptiveIMP.ratio=1.0', "could not build AdaptiveIMP({'ratio': 1.0, 'rewind': '23ba'}): IMP ratio must "
+    ('algorithms.AdaptiveIMP.ratio=1.0', "could not build AdaptiveIMP({'ratio': 1.0, 'rewind': '23ba'}): AdaptiveIMP ratio must "
                                          'lie strictly between 0 and 1'),
     ('target_sparsity=1.0', 'target_sparsity must lie strictly between 0 and 1'),
 ])
