@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
@@ -36,11 +37,36 @@ from composer_imp.evaluate import evaluate, fixed_subsample
 from composer_imp.masks import unwrap_model
 from composer_imp.plots import plot_landscape_report
 
-__all__ = ['analyze_run', 'refuse_changed_settings']
+__all__ = ['analyze_run', 'LandscapeSettings', 'refuse_changed_settings']
 
 log = logging.getLogger(__name__)
 
 SETTINGS = ('tolerance', 'betas', 'recalibrate_bn', 'pairwise', 'plane_grid')
+
+
+@dataclass
+class LandscapeSettings:
+    """What the landscape analysis evaluates and how it judges (the YAML ``analysis:`` section's keys).
+
+    Attributes:
+        betas: points β on every linear path (must include 0 and 1).
+        tolerance: matching / connectivity tolerance in error; ``None``: ε of the replicate analysis this run
+            belongs to, else 0.01.
+        recalibrate_bn: recompute BatchNorm statistics of every evaluated network (else interpolated).
+        pairwise: paths between every pair of levels, not only successive ones.
+        planes: grid size of the 2-D slices through ``w_L``, its projection and ``w_{L+1}`` (0: none).
+    """
+
+    betas: Sequence[float] = DEFAULT_BETAS
+    tolerance: Optional[float] = None
+    recalibrate_bn: bool = False
+    pairwise: bool = True
+    planes: int = 0
+
+    def record(self, tolerance: Optional[float]) -> dict:
+        """The settings as ``analysis.json`` records them (with the tolerance actually used)."""
+        return {'tolerance': tolerance, 'betas': [float(b) for b in self.betas], 'recalibrate_bn': self.recalibrate_bn,
+                'pairwise': self.pairwise, 'plane_grid': self.planes}
 
 
 class _Cache:
@@ -80,18 +106,8 @@ class _Cache:
         return hit if hit is not None else self.put(name, levels, compute())
 
 
-def analyze_run(
-    save_folder: str,
-    model: torch.nn.Module,
-    eval_dataloader: Any,
-    train_data: Any = None,
-    betas: Sequence[float] = DEFAULT_BETAS,
-    tolerance: Optional[float] = None,
-    recalibrate_bn: bool = False,
-    pairwise: bool = True,
-    planes: int = 0,
-    overwrite: bool = False,
-) -> dict:
+def analyze_run(save_folder: str, model: torch.nn.Module, eval_dataloader: Any, train_data: Any = None,
+                settings: Optional[LandscapeSettings] = None, overwrite: bool = False) -> dict:
     """Analyse the trained levels of the IMP run in ``save_folder``; returns (and writes) the analysis dict.
 
     Resumable: every finished evaluation is kept in ``analysis/cache/`` and reused when the same command runs
@@ -103,11 +119,12 @@ def analyze_run(
     ``trainer.state.model`` of a Trainer your ``make_trainer`` built works. ``eval_dataloader``: the test data.
     ``train_data``: un-augmented training examples for ``recalibrate_bn`` (a map-style dataset).
 
-    ``tolerance`` (matching / connectivity): default ε of the replicate analysis this run belongs to, else 0.01.
-
-    ``planes > 0`` adds, for each successive pair (L, L+1), the ``planes × planes`` error slice of the plane
-    through ``w_L``, its projection ``m_{L+1} ⊙ w_L`` and ``w_{L+1}`` (Figure 3).
+    ``settings``: :class:`LandscapeSettings` (default: its defaults). ``planes > 0`` adds, for each successive pair
+    (L, L+1), the ``planes × planes`` error slice of the plane through ``w_L``, its projection ``m_{L+1} ⊙ w_L``
+    and ``w_{L+1}`` (Figure 3).
     """
+    settings = settings or LandscapeSettings()
+    betas, recalibrate_bn, pairwise, planes = settings.betas, settings.recalibrate_bn, settings.pairwise, settings.planes
     folder = RunFolder(save_folder)
     if not os.path.isfile(folder.config):
         raise FileNotFoundError(f'{folder.root} is not an IMP run: {folder.config} is missing '
@@ -118,14 +135,14 @@ def analyze_run(
                          'levels 0 and 1 (level_XX/level.json, mask.pt and weights.pt).')
     if 0.0 not in betas or 1.0 not in betas:
         raise ValueError('--betas must include 0 and 1.')
+    tolerance = settings.tolerance
     if tolerance is None:  # a replicate keeps the ε of its replicate analysis; a single run 0.01
         tolerance = _replicate_epsilon(folder.root)
     tolerance = 0.01 if tolerance is None else float(tolerance)
     out = os.path.join(folder.root, 'analysis')
-    settings = {'tolerance': tolerance, 'betas': [float(b) for b in betas], 'recalibrate_bn': recalibrate_bn,
-                'pairwise': pairwise, 'plane_grid': planes}
+    recorded = settings.record(tolerance)
     if not overwrite:
-        refuse_changed_settings(os.path.join(out, 'analysis.json'), settings, folder.root)
+        refuse_changed_settings(os.path.join(out, 'analysis.json'), recorded, folder.root)
     config = OmegaConf.to_container(OmegaConf.load(folder.config), resolve=True)
     model = unwrap_model(model)
     batches = _eval_share(eval_dataloader)  # streamed once per evaluated chunk of networks, never materialized
@@ -152,7 +169,7 @@ def analyze_run(
                  'examples': len(eval_data) if eval_data is not None else None,
                  'data': config.get('data')}
     cache = _Cache(out, {l: rows[l]['manifest']['weights.pt'] for l in levels},
-                   {'betas': settings['betas'], 'recalibrate_bn': recalibrate_bn, 'eval': described})
+                   {'betas': recorded['betas'], 'recalibrate_bn': recalibrate_bn, 'eval': described})
 
     point = {l: cache.get(f'level_{l:02d}', [l]) for l in levels}
     todo = [l for l in levels if point[l] is None]
@@ -191,8 +208,8 @@ def analyze_run(
             plane_results.append({'level': a, **cache.path(f'plane_{a:02d}_{planes}', [a, b], compute)})
 
     result = {
-        'settings': settings, 'planes': plane_results,
-        'tolerance': tolerance, 'betas': settings['betas'], 'recalibrate_bn': recalibrate_bn,
+        'settings': recorded, 'planes': plane_results,
+        'tolerance': tolerance, 'betas': recorded['betas'], 'recalibrate_bn': recalibrate_bn,
         'levels': level_rows, 'successive': successive,
         'pairwise': {'levels': levels, 'max_error': max_err, 'barrier': barrier},
         'connected_iff_matching': all(s['connected'] == s['both_matching'] for s in successive),

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from composer_imp.analysis import analyze_run
+from composer_imp.analysis import LandscapeSettings, analyze_run
 from composer_imp.artifacts import RunFolder, replicate_folders
 from composer_imp.config import config_from_dict
 from composer_imp.connectivity import DEFAULT_BETAS
@@ -53,8 +53,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                     'save_folder of a run made by run.py).')
         recipe = build_recipe(config_from_dict(OmegaConf.to_container(OmegaConf.load(RunFolder(run).config),
                                                                       resolve=True)))
-        options = (recipe.analysis_model(), recipe.eval_dataloader, recipe.sweep_data, betas, args.tolerance,
-                   args.recalibrate_bn, not args.no_pairwise, args.planes, args.overwrite)
+        settings = LandscapeSettings(betas, args.tolerance, args.recalibrate_bn, not args.no_pairwise, args.planes)
+        options = (recipe.analysis_model(), recipe.eval_dataloader, recipe.sweep_data, settings, args.overwrite)
         if replicated:
             result = analyze_replicates(args.save_folder, *options)
             log.info('analysis of %d replicates written to %s; ε = %.2f points; connected iff matching: %s',

@@ -34,7 +34,7 @@ from composer.utils import dist
 from omegaconf import DictConfig, OmegaConf
 
 import composer_imp
-from composer_imp.analysis import analyze_run
+from composer_imp.analysis import LandscapeSettings, analyze_run
 from composer_imp.artifacts import replicate_folders
 from composer_imp.config import IMP_NAMES, ConfigError
 from composer_imp.controls import run_controls
@@ -204,8 +204,8 @@ def run_config(cfg: DictConfig, overwrite: Optional[bool] = None) -> list:
     a = cfg.analysis
     if a.enabled:  # on every rank: the evaluations are spread over them
         analyze = analyze_run if cfg.replicates == 1 else analyze_replicates
-        result = analyze(cfg.save_folder, recipe.analysis_model(), recipe.eval_dataloader, recipe.sweep_data,
-                         list(a.betas), a.tolerance, a.recalibrate_bn, a.pairwise, a.planes)
+        settings = LandscapeSettings(list(a.betas), a.tolerance, a.recalibrate_bn, a.pairwise, a.planes)
+        result = analyze(cfg.save_folder, recipe.analysis_model(), recipe.eval_dataloader, recipe.sweep_data, settings)
         if dist.get_global_rank() == 0:
             epsilon = f'ε = {100 * result["epsilon"]:.2f} points; ' if 'epsilon' in result else ''
             log.info('analysis written to %s/analysis; %sconnected iff matching: %s', cfg.save_folder, epsilon,

@@ -27,6 +27,7 @@ own ``analysis/``). ``python -m composer_imp.analyze SAVE_FOLDER`` on such a fol
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -36,9 +37,8 @@ import torch
 from composer.utils import dist
 from omegaconf import OmegaConf
 
-from composer_imp.analysis import analyze_run, refuse_changed_settings
+from composer_imp.analysis import LandscapeSettings, analyze_run, refuse_changed_settings
 from composer_imp.artifacts import RunFolder, atomic_write_text, replicate_folders
-from composer_imp.connectivity import DEFAULT_BETAS
 from composer_imp.plots import plot_replicates
 
 __all__ = ['analyze_replicates']
@@ -49,28 +49,17 @@ def _stats(values: Sequence[float]) -> dict:
             'values': list(values)}
 
 
-def analyze_replicates(
-    save_folder: str,
-    model: torch.nn.Module,
-    eval_dataloader: Any,
-    train_data: Any = None,
-    betas: Sequence[float] = DEFAULT_BETAS,
-    tolerance: Optional[float] = None,
-    recalibrate_bn: bool = False,
-    pairwise: bool = True,
-    planes: int = 0,
-    overwrite: bool = False,
-) -> dict:
+def analyze_replicates(save_folder: str, model: torch.nn.Module, eval_dataloader: Any, train_data: Any = None,
+                       settings: Optional[LandscapeSettings] = None, overwrite: bool = False) -> dict:
     """Analyse every replicate of ``save_folder`` with tolerance ε (or ``tolerance``) and aggregate; see the module doc.
 
-    ``model``, ``eval_dataloader``, ``train_data``: as :func:`~composer_imp.analysis.analyze_run`.
+    ``model``, ``eval_dataloader``, ``train_data``, ``settings``: as :func:`~composer_imp.analysis.analyze_run`.
     """
-
+    settings = settings or LandscapeSettings()
     out = os.path.join(save_folder, 'analysis')
-    settings = {'tolerance': tolerance, 'betas': [float(b) for b in betas], 'recalibrate_bn': recalibrate_bn,
-                'pairwise': pairwise, 'plane_grid': planes}
+    recorded = settings.record(settings.tolerance)
     if not overwrite:
-        refuse_changed_settings(os.path.join(out, 'replicates.json'), settings, save_folder)
+        refuse_changed_settings(os.path.join(out, 'replicates.json'), recorded, save_folder)
     folders = replicate_folders(save_folder)
     if len(folders) < 2:
         raise ValueError(f'{save_folder} holds {len(folders)} replicate run(s) (replicate_XX/config.yaml); the '
@@ -79,12 +68,14 @@ def analyze_replicates(
         if not RunFolder(folder).is_done(0):
             raise ValueError(f'{folder} has no finished dense level (level_00); finish its training first '
                              '(re-run the same command: replicates resume).')
-    epsilon = statistics.stdev([1.0 - RunFolder(f).read_row(0)['accuracy'] for f in folders])
-    tol = epsilon if tolerance is None else float(tolerance)
+    # ε comes from the same evaluator that judges the levels: the dense test error of each replicate's analysis.
     # Each replicate's analysis follows this one: its tolerance moves with ε as replicates are added (the cached
-    # evaluations do not depend on it), so it is rewritten rather than refused.
-    per_run = [analyze_run(f, model, eval_dataloader, train_data, betas, tol, recalibrate_bn, pairwise, planes, True)
-               for f in folders]
+    # evaluations do not depend on it), so it is rewritten rather than refused; the second pass reads the cache.
+    per_run = [analyze_run(f, model, eval_dataloader, train_data, settings, True) for f in folders]
+    epsilon = statistics.stdev([a['levels'][0]['error'] for a in per_run])
+    tol = epsilon if settings.tolerance is None else float(settings.tolerance)
+    judged = dataclasses.replace(settings, tolerance=tol)
+    per_run = [analyze_run(f, model, eval_dataloader, train_data, judged, True) for f in folders]
 
     # Every replicate's levels run 0, 1, 2, ... (levels_done is contiguous): aggregate over the levels all have.
     common = range(min(len(a['levels']) for a in per_run))
@@ -105,7 +96,7 @@ def analyze_replicates(
                            'connected_fraction': sum(p['connected'] for p in paths) / len(paths),
                            'both_matching': matching[a] and matching[a + 1]})
     result = {
-        'settings': settings,
+        'settings': recorded,
         'replicates': [os.path.basename(f) for f in folders],
         'seeds': [_seed(f) for f in folders],
         'epsilon': epsilon, 'tolerance': tol, 'dense_error': dense_error,

@@ -16,7 +16,7 @@ from composer.utils import dist
 from omegaconf import OmegaConf
 
 from composer_imp import IMP, find_ticket
-from composer_imp.analysis import analyze_run
+from composer_imp.analysis import LandscapeSettings, analyze_run
 from composer_imp.config import load_config
 from composer_imp.masks import unwrap_model
 from composer_imp.recipes import build_recipe
@@ -70,8 +70,8 @@ def main(yaml, out, *overrides):
                 device=recipe.device)
     if cfg.analysis.enabled:  # on every rank, as run.py does
         a = cfg.analysis
-        analyze_run(cfg.save_folder, recipe.analysis_model(), recipe.eval_dataloader, recipe.sweep_data, list(a.betas),
-                    a.tolerance, a.recalibrate_bn, a.pairwise, a.planes)
+        analyze_run(cfg.save_folder, recipe.analysis_model(), recipe.eval_dataloader, recipe.sweep_data,
+                    LandscapeSettings(list(a.betas), a.tolerance, a.recalibrate_bn, a.pairwise, a.planes))
 
 
 if __name__ == '__main__':

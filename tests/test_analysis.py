@@ -69,7 +69,7 @@ def yaml_run(tmp_path_factory):
 
 
 def test_analysis_of_a_real_run_end_to_end(yaml_run):
-    from composer_imp.analysis import analyze_run
+    from composer_imp.analysis import LandscapeSettings, analyze_run
     from composer_imp.config import load_config
     from composer_imp.recipes import build_recipe
     folder, messages = yaml_run
@@ -77,7 +77,8 @@ def test_analysis_of_a_real_run_end_to_end(yaml_run):
     first = (folder / 'analysis' / 'analysis.json').read_text()
     # Again from Python, with the recipe's model (post-surgery names) and eval loader: the same numbers.
     recipe = build_recipe(load_config(QUICK, [f'save_folder={folder}', *RUN]))
-    result = analyze_run(str(folder), recipe.analysis_model(), recipe.eval_dataloader, betas=[0.0, 0.5, 1.0])
+    result = analyze_run(str(folder), recipe.analysis_model(), recipe.eval_dataloader,
+                         settings=LandscapeSettings(betas=[0.0, 0.5, 1.0]))
     assert (folder / 'analysis' / 'analysis.json').read_text() == first, 'deterministic'
     assert json.loads(first) == json.loads(json.dumps(result))
     summary = json.loads((folder / 'summary.json').read_text())['levels']
@@ -196,7 +197,11 @@ def test_replicates_train_one_run_per_seed_and_define_matching_by_the_dense_spre
     dense = [torch.load(f / 'level_00' / 'weights.pt', weights_only=True) for f in folders]
     assert not torch.equal(dense[0]['module.fc.weight'], dense[1]['module.fc.weight']), 'replicates differ'
     result = json.loads((tmp_path / 'reps' / 'analysis' / 'replicates.json').read_text())
-    errors = [1 - json.loads((f / 'summary.json').read_text())['levels'][0]['accuracy'] for f in folders]
+    # ε is the spread of the dense test error measured by the evaluator that judges the levels (the same numbers as
+    # the Trainer's accuracy, up to its float32 rounding).
+    errors = [json.loads((f / 'analysis' / 'analysis.json').read_text())['levels'][0]['error'] for f in folders]
+    trainer_errors = [1 - json.loads((f / 'summary.json').read_text())['levels'][0]['accuracy'] for f in folders]
+    assert errors == pytest.approx(trainer_errors, abs=1e-6)
     assert result['epsilon'] == pytest.approx(statistics.stdev(errors)) and result['epsilon'] > 0
     assert result['tolerance'] == result['epsilon'] and result['seeds'] == [17, 18, 19]
     for row in result['levels']:

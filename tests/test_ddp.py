@@ -102,11 +102,11 @@ def test_two_ranks_hold_identical_masks_weights_and_adaptive_ratios_and_split_th
 
     # The analysis after the levels ran on both ranks, each evaluating every path and plane point on its half of
     # the odd-sized eval set with the sums all-reduced: it equals the single-process analysis of the same run.
-    from composer_imp.analysis import analyze_run
+    from composer_imp.analysis import LandscapeSettings, analyze_run
     two_ranks = json.loads((run / 'analysis' / 'analysis.json').read_text())
     (run / 'analysis').rename(tmp_path / 'two_ranks_analysis')  # its cache must not answer for the single process
     expected = analyze_run(str(run), single_process.analysis_model(), single_process.eval_dataloader,
-                           single_process.sweep_data, betas=[0, 0.5, 1], planes=4)
+                           single_process.sweep_data, LandscapeSettings(betas=[0, 0.5, 1], planes=4))
     assert [r['level'] for r in two_ranks['levels']] == [r['level'] for r in expected['levels']] == [0, 1, 2]
     assert [r['error'] for r in two_ranks['levels']] == [r['error'] for r in expected['levels']]
     assert len(two_ranks['successive']) == len(expected['successive']) == 2

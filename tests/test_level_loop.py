@@ -160,7 +160,7 @@ def test_user_recipe_gets_imp_with_all_outputs(tmp_path, user_loaders, caplog):
     assert (tmp_path / 'summary.json').read_bytes() == before and _fitted(make_trainer) == [0, 1, 2, 3, 4]
 
     # The landscape analysis of a Python-API run, with the user's own model (as its Trainer holds it) and loaders.
-    from composer_imp.analysis import analyze_run
+    from composer_imp.analysis import LandscapeSettings, analyze_run
     from composer_imp.masks import unwrap_model
     train, test = user_loaders
     trainer = make_trainer(0, 5, {})
@@ -168,7 +168,8 @@ def test_user_recipe_gets_imp_with_all_outputs(tmp_path, user_loaders, caplog):
     trainer.close()
 
     def analysed():
-        analysis = analyze_run(str(tmp_path), model, test, betas=[0.0, 0.5, 1.0], pairwise=False, overwrite=True)
+        analysis = analyze_run(str(tmp_path), model, test, settings=LandscapeSettings(betas=[0.0, 0.5, 1.0], pairwise=False),
+                               overwrite=True)
         assert [r['level'] for r in analysis['levels']] == [0, 1, 2, 3, 4] and len(analysis['successive']) == 4
         for r, row in zip(analysis['levels'], more):  # the same test error the Trainer measured
             assert r['error'] == pytest.approx(1 - row['accuracy'], abs=1e-6)
@@ -177,8 +178,8 @@ def test_user_recipe_gets_imp_with_all_outputs(tmp_path, user_loaders, caplog):
     analysed()  # the folder with the old config.yaml
     (tmp_path / 'config.yaml').write_text(new_config)
     analysis = analysed()
-    recal = analyze_run(str(tmp_path), model, test, train_data=train.dataset, betas=[0.0, 0.5, 1.0],
-                        recalibrate_bn=True, pairwise=False, overwrite=True)  # BN statistics from the training set
+    recal = analyze_run(str(tmp_path), model, test, train_data=train.dataset, overwrite=True,  # BN statistics from
+                        settings=LandscapeSettings(betas=[0.0, 0.5, 1.0], recalibrate_bn=True, pairwise=False))  # train
     assert recal['recalibrate_bn'] and recal['levels'][0]['loss'] != analysis['levels'][0]['loss']
 
 
