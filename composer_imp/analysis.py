@@ -15,7 +15,9 @@ whether "connected iff matching" holds. Writes ``SAVE_FOLDER/analysis/analysis.j
                      "connected", "both_matching"}],
      "pairwise": {"levels": [int], "max_error": [[float|null]], "barrier": [[float|null]]},
      "planes": [{"level": L, "alphas": [float], "betas": [float], "errors": [[float]]}],   # errors[beta][alpha]
-     "connected_iff_matching": bool}
+     "verdict": {"holds": bool | null, "pairs": [{"from", "to", "matching", "connected", "agree"}],   # L >= 1
+                 "dense_pair": {...} | null},                                                        # 0 -> 1
+     "connected_iff_matching": bool | null}   # = verdict.holds (composer_imp.connectivity.iff_verdict)
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from composer_imp.artifacts import RunFolder, atomic_write_text
-from composer_imp.connectivity import DEFAULT_BETAS, linear_path, plane_slice
+from composer_imp.connectivity import DEFAULT_BETAS, iff_verdict, linear_path, plane_slice
 from composer_imp.evaluate import evaluate, fixed_subsample
 from composer_imp.masks import unwrap_model
 from composer_imp.plots import plot_landscape_report
@@ -207,12 +209,13 @@ def analyze_run(save_folder: str, model: torch.nn.Module, eval_dataloader: Any, 
                                    recalibrate_bn=recalibrate_bn, recalibration_batches=recal, all_reduce=spread)
             plane_results.append({'level': a, **cache.path(f'plane_{a:02d}_{planes}', [a, b], compute)})
 
+    verdict = iff_verdict(successive)
     result = {
         'settings': recorded, 'planes': plane_results,
         'tolerance': tolerance, 'betas': recorded['betas'], 'recalibrate_bn': recalibrate_bn,
         'levels': level_rows, 'successive': successive,
         'pairwise': {'levels': levels, 'max_error': max_err, 'barrier': barrier},
-        'connected_iff_matching': all(s['connected'] == s['both_matching'] for s in successive),
+        'verdict': verdict, 'connected_iff_matching': verdict['holds'],
     }
     if dist.get_global_rank() == 0:
         os.makedirs(out, exist_ok=True)

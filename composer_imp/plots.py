@@ -98,20 +98,8 @@ def plot_landscape_report(analysis: dict, out: str) -> list[str]:
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
-    pair = analysis['pairwise']
-    matrix = np.array([[np.nan if v is None else 100 * v for v in row] for row in pair['barrier']])
-    fig, ax = plt.subplots(figsize=(6, 5))
-    image = ax.imshow(matrix, cmap='viridis', vmin=0, vmax=max(100 * tol, np.nanmax(matrix)))
-    ax.set_xticks(range(len(pair['levels'])), pair['levels'])
-    ax.set_yticks(range(len(pair['levels'])), pair['levels'])
-    ax.set_xlabel('level')
-    ax.set_ylabel('level')
-    ax.set_title('Error barrier between level solutions (points)')
-    fig.colorbar(image, ax=ax, label='error barrier (percentage points)')
-    paths.append(os.path.join(out, 'pairwise_barrier.png'))
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_pairwise_figure(analysis['pairwise'], dense + tol, tol, os.path.join(out, 'pairwise.png'),
+                                  'Linear paths between every pair of level solutions'))
 
     if analysis.get('planes'):
         planes = analysis['planes']
@@ -141,8 +129,8 @@ def plot_landscape_report(analysis: dict, out: str) -> list[str]:
 
     lines = ['# IMP error landscape', '',
              f'Matching tolerance {100 * tol:g} points over the dense test error {100 * dense:.2f}%; '
-             f'BatchNorm statistics {"recomputed" if analysis["recalibrate_bn"] else "interpolated"}. '
-             f'Connected iff matching: **{analysis["connected_iff_matching"]}**.', '',
+             f'BatchNorm statistics {"recomputed" if analysis["recalibrate_bn"] else "interpolated"}.', '',
+             *_verdict_lines(analysis['verdict']), '',
              '| level | weights remaining | test error | matching |', '|---|---|---|---|']
     lines += [f'| {r["level"]} | {100 * r["weights_remaining"]:.2f}% | {100 * r["error"]:.2f}% | {r["matching"]} |' for r in levels]
     lines += ['', '| path | error barrier | max error | connected | both matching |', '|---|---|---|---|---|']
@@ -154,12 +142,49 @@ def plot_landscape_report(analysis: dict, out: str) -> list[str]:
     return paths
 
 
+def _verdict_lines(verdict: dict) -> list[str]:
+    """The "connected iff matching" table of :func:`composer_imp.connectivity.iff_verdict`, as markdown."""
+    holds = {True: 'holds', False: 'does NOT hold', None: 'not judged yet (no pair of pruned levels)'}[verdict['holds']]
+    lines = [f'**Connected iff matching** over successive pairs of pruned levels (L ≥ 1): **{holds}**.', '',
+             '| pair | both matching | connected | agree |', '|---|---|---|---|']
+    lines += [f'| {p["from"]} → {p["to"]} | {p["matching"]} | {p["connected"]} | {p["agree"]} |' for p in verdict['pairs']]
+    dense = verdict.get('dense_pair')
+    if dense:
+        lines += ['', f'Dense → level 1 (judged apart: the dense network may not be stable at τ): both matching '
+                      f'{dense["matching"]}, connected {dense["connected"]}.']
+    return lines
+
+
+def _pairwise_figure(pairwise: dict, threshold: float, tol: float, path: str, title: str) -> str:
+    """Appendix C's heatmap — the maximum test error along the path between two levels, darkest at (and below) the
+    matching threshold — beside the error barrier of the same paths."""
+    levels = pairwise['levels']
+    fig, (ax_max, ax_bar) = plt.subplots(1, 2, figsize=(11.5, 4.8))
+    for ax, key, label, low in ((ax_max, 'max_error', 'max test error along the path (%)', 100 * threshold),
+                                (ax_bar, 'barrier', 'error barrier (percentage points)', 0.0)):
+        matrix = np.array([[np.nan if v is None else 100 * v for v in row] for row in pairwise[key]])
+        top = np.nanmax(matrix) if np.isfinite(matrix).any() else low
+        image = ax.imshow(matrix, cmap='viridis', vmin=low, vmax=max(top, low + (100 * tol or 1e-3)))
+        ax.set_xticks(range(len(levels)), levels)
+        ax.set_yticks(range(len(levels)), levels)
+        ax.set_xlabel('level')
+        ax.set_ylabel('level')
+        fig.colorbar(image, ax=ax, label=label)
+    ax_max.set_title(f'Max error on the path (darkest: ≤ matching threshold {100 * threshold:.2f}%)', fontsize=10)
+    ax_bar.set_title(f'Error barrier (tolerance {100 * tol:.2f} points)', fontsize=10)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_replicates(result: dict, out: str) -> list[str]:
     """``replicates.png`` (error vs weights remaining, barriers; mean ± std over replicates) and ``replicates.md``."""
     levels, successive = result['levels'], result['successive']
     dense, tol = result['dense_error']['mean'], result['tolerance']
     name = 'ε' if tol == result['epsilon'] else 'tolerance'
-    fig, (ax_e, ax_b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_e, ax_p, ax_b) = plt.subplots(1, 3, figsize=(16, 4.4))
     x = [100 * r['weights_remaining']['mean'] for r in levels]
     ax_e.errorbar(x, [100 * r['error']['mean'] for r in levels], yerr=[100 * r['error']['std'] for r in levels],
                   marker='o', capsize=3, label=f'IMP levels (mean ± std, {len(result["replicates"])} replicates)')
@@ -171,6 +196,19 @@ def plot_replicates(result: dict, out: str) -> list[str]:
     ax_e.set_xlabel('weights remaining (%)')
     ax_e.set_ylabel('test error (%)')
     ax_e.set_title('Test error vs sparsity across replicates')
+    for s in successive:  # Figure 2 left: the error along each successive path, mean ± std over replicates
+        x_path = [s['from'] + b * (s['to'] - s['from']) for b in s['betas']]
+        mean = np.array([100 * e['mean'] for e in s['errors']])
+        std = np.array([100 * e['std'] for e in s['errors']])
+        color = 'tab:green' if s['connected'] else 'tab:red'
+        ax_p.plot(x_path, mean, color=color, marker='.')
+        ax_p.fill_between(x_path, mean - std, mean + std, color=color, alpha=0.2)
+    ax_p.axhline(100 * (dense + tol), color='black', ls=':', label=f'matching threshold (dense + {name})')
+    ax_p.plot([], [], color='tab:green', label='connected (mean barrier ≤ tolerance)')
+    ax_p.plot([], [], color='tab:red', label='not connected')
+    ax_p.set_xlabel('level (linear path between successive level solutions)')
+    ax_p.set_ylabel('test error (%)')
+    ax_p.set_title('Error along successive paths (mean ± std)')
     if successive:
         names = [f'{s["from"]}→{s["to"]}' for s in successive]
         ax_b.bar(names, [100 * s['barrier']['mean'] for s in successive], yerr=[100 * s['barrier']['std'] for s in successive],
@@ -178,8 +216,8 @@ def plot_replicates(result: dict, out: str) -> list[str]:
     ax_b.axhline(100 * tol, color='black', ls=':', label=f'{name} = {100 * tol:.2f} points')
     ax_b.set_xlabel('successive levels')
     ax_b.set_ylabel('error barrier (percentage points)')
-    ax_b.set_title('Linear connectivity of successive levels (green: connected)')
-    for ax in (ax_e, ax_b):
+    ax_b.set_title('Barriers of successive levels (green: connected)')
+    for ax in (ax_e, ax_p, ax_b):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle('IMP across replicates: matching and linear mode connectivity')
@@ -187,18 +225,20 @@ def plot_replicates(result: dict, out: str) -> list[str]:
     paths = [os.path.join(out, 'replicates.png')]
     fig.savefig(paths[0], dpi=120)
     plt.close(fig)
+    paths.append(_pairwise_figure(result['pairwise'], dense + tol, tol, os.path.join(out, 'pairwise.png'),
+                                  f'Linear paths between level solutions, mean over {len(result["replicates"])} replicates'))
 
     lines = ['# IMP across replicates', '',
              f'{len(result["replicates"])} replicates (seeds {result["seeds"]}); dense test error '
              f'{100 * dense:.2f}% ± {100 * result["dense_error"]["std"]:.2f}; ε = {100 * result["epsilon"]:.2f} points '
-             f'(tolerance used: {100 * tol:.2f}). Connected iff matching: **{result["connected_iff_matching"]}**.', '',
+             f'(tolerance used: {100 * tol:.2f}).', '', *_verdict_lines(result['verdict']), '',
              '| level | weights remaining | test error (mean ± std) | matching | matching in |', '|---|---|---|---|---|']
     lines += [f'| {r["level"]} | {100 * r["weights_remaining"]["mean"]:.2f}% | {100 * r["error"]["mean"]:.2f}% ± '
               f'{100 * r["error"]["std"]:.2f} | {r["matching"]} | {100 * r["matching_fraction"]:.0f}% |' for r in levels]
     lines += ['', '| path | barrier (mean ± std) | connected | connected in | both matching |', '|---|---|---|---|---|']
     lines += [f'| {s["from"]} → {s["to"]} | {100 * s["barrier"]["mean"]:.2f} ± {100 * s["barrier"]["std"]:.2f} pts | '
               f'{s["connected"]} | {100 * s["connected_fraction"]:.0f}% | {s["both_matching"]} |' for s in successive]
-    lines += ['', '![replicates.png](replicates.png)']
+    lines += ['', '![replicates.png](replicates.png)', '', '![pairwise.png](pairwise.png)']
     paths.append(os.path.join(out, 'replicates.md'))
     atomic_write_text('\n'.join(lines) + '\n', paths[-1])
     return paths

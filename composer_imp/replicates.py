@@ -21,8 +21,10 @@ own ``analysis/``). ``python -m composer_imp.analyze SAVE_FOLDER`` on such a fol
      "levels": [{"level", "weights_remaining": {"mean", "std", "values"}, "error": {"mean", "std", "values"},
                  "matching": bool, "matching_fraction": float}],
      "successive": [{"from", "to", "barrier": {"mean", "std", "values"}, "connected": bool,
-                     "connected_fraction": float, "both_matching": bool}],
-     "connected_iff_matching": bool}
+                     "connected_fraction": float, "both_matching": bool,
+                     "betas": [float], "errors": [{"mean", "std", "values"}]}],   # per β: Figure 2 left / middle
+     "pairwise": {"levels": [int], "max_error": [[float|null]], "barrier": [[float|null]]},   # means over replicates
+     "verdict": {...}, "connected_iff_matching": bool | null}   # as in analysis.json
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from omegaconf import OmegaConf
 
 from composer_imp.analysis import LandscapeSettings, analyze_run, refuse_changed_settings
 from composer_imp.artifacts import RunFolder, atomic_write_text, replicate_folders
+from composer_imp.connectivity import iff_verdict
 from composer_imp.plots import plot_replicates
 
 __all__ = ['analyze_replicates']
@@ -94,20 +97,31 @@ def analyze_replicates(save_folder: str, model: torch.nn.Module, eval_dataloader
         barrier = _stats([p['barrier'] for p in paths])
         successive.append({'from': a, 'to': a + 1, 'barrier': barrier, 'connected': barrier['mean'] <= tol,
                            'connected_fraction': sum(p['connected'] for p in paths) / len(paths),
-                           'both_matching': matching[a] and matching[a + 1]})
+                           'both_matching': matching[a] and matching[a + 1], 'betas': paths[0]['betas'],
+                           # Figure 2 (left, middle): the error along the path at each β, mean ± std over replicates
+                           'errors': [_stats(errors) for errors in zip(*(p['errors'] for p in paths))]})
+    n = len(common)
+    # Appendix C's heatmap: the maximum error along the path between two levels, averaged over replicates.
+    pairwise = {key: [[_mean_or_none([a['pairwise'][key][i][j] for a in per_run]) for j in range(n)] for i in range(n)]
+                for key in ('max_error', 'barrier')}
+    verdict = iff_verdict(successive)
     result = {
         'settings': recorded,
         'replicates': [os.path.basename(f) for f in folders],
         'seeds': [_seed(f) for f in folders],
         'epsilon': epsilon, 'tolerance': tol, 'dense_error': dense_error,
-        'levels': level_rows, 'successive': successive,
-        'connected_iff_matching': all(s['connected'] == s['both_matching'] for s in successive),
+        'levels': level_rows, 'successive': successive, 'pairwise': {'levels': list(common), **pairwise},
+        'verdict': verdict, 'connected_iff_matching': verdict['holds'],
     }
     if dist.get_global_rank() == 0:
         os.makedirs(out, exist_ok=True)
         atomic_write_text(json.dumps(result, indent=2), os.path.join(out, 'replicates.json'))
         plot_replicates(result, out)
     return result
+
+
+def _mean_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
+    return None if any(v is None for v in values) else statistics.fmean(values)
 
 
 def _seed(folder: str) -> Optional[int]:

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from composer_imp.connectivity import error_barrier, linear_path
+from composer_imp.connectivity import error_barrier, iff_verdict, linear_path
 
 from conftest import ROOT
 
@@ -20,6 +20,20 @@ def test_barrier_of_a_constructed_path():
     assert error_barrier([0.2, 0.1, 0.0, 0.1, 0.2], betas) == 0.0  # below the chord: no barrier
     with pytest.raises(ValueError, match='endpoints'):
         error_barrier([0.1, 0.2], [0.2, 0.8])
+
+
+def test_connected_iff_matching_is_judged_over_pruned_pairs_with_the_dense_pair_apart():
+    def pair(a, matching, connected):
+        return {'from': a, 'to': a + 1, 'both_matching': matching, 'connected': connected}
+
+    # The dense network not yet stable at τ: levels 0 and 1 match but are not connected (the paper's Fig. 3). That
+    # pair does not decide the claim; the pruned pairs agree, including one beyond the matching limit.
+    verdict = iff_verdict([pair(0, True, False), pair(1, True, True), pair(2, True, True), pair(3, False, False)])
+    assert verdict['holds'] is True
+    assert verdict['dense_pair'] == {'from': 0, 'to': 1, 'matching': True, 'connected': False, 'agree': False}
+    assert [p['agree'] for p in verdict['pairs']] == [True, True, True]
+    assert iff_verdict([pair(0, True, True), pair(1, False, True)])['holds'] is False  # connected, not matching
+    assert iff_verdict([pair(0, True, True)])['holds'] is None  # no pair of pruned levels yet
 
 
 def test_path_endpoints_reproduce_the_endpoint_networks(digits_loaders, tiny_model_fn):
@@ -89,7 +103,7 @@ def test_analysis_of_a_real_run_end_to_end(yaml_run):
     matrix = result['pairwise']['barrier']
     assert len(matrix) == 3 and matrix[0][2] == matrix[2][0] is not None and matrix[1][1] == 0.0
     assert result['connected_iff_matching'] == all(s['connected'] == s['both_matching'] for s in result['successive'])
-    for name in ('error_vs_weights_remaining.png', 'successive_paths.png', 'pairwise_barrier.png'):
+    for name in ('error_vs_weights_remaining.png', 'successive_paths.png', 'pairwise.png'):
         data = (folder / 'analysis' / name).read_bytes()
         assert data[:4] == b'\x89PNG' and len(data) > 10_000
     assert 'Connected iff matching' in (folder / 'analysis' / 'report.md').read_text()
@@ -210,7 +224,22 @@ def test_replicates_train_one_run_per_seed_and_define_matching_by_the_dense_spre
         assert row['matching'] == (row['error']['mean'] <= result['dense_error']['mean'] + result['epsilon'])
     for f in folders:  # each replicate's own analysis uses ε as its tolerance
         assert json.loads((f / 'analysis' / 'analysis.json').read_text())['tolerance'] == result['epsilon']
-    assert (tmp_path / 'reps' / 'analysis' / 'replicates.png').stat().st_size > 10_000
+    analyses = [json.loads((f / 'analysis' / 'analysis.json').read_text()) for f in folders]
+    n = len(result['levels'])
+    for i in range(n):  # Appendix C's heatmap: the max error along each path, averaged over replicates
+        for j in range(n):
+            values = [a['pairwise']['max_error'][i][j] for a in analyses]
+            assert result['pairwise']['max_error'][i][j] == pytest.approx(statistics.fmean(values))
+    for k, path in enumerate(result['successive']):  # Figure 2 left: mean ± std of the error at every β
+        assert path['betas'] == [0.0, 0.5, 1.0]
+        for b, stats in enumerate(path['errors']):
+            values = [a['successive'][k]['errors'][b] for a in analyses]
+            assert stats['mean'] == pytest.approx(statistics.fmean(values))
+            assert stats['std'] == pytest.approx(statistics.stdev(values))
+    assert result['verdict']['holds'] == result['connected_iff_matching']
+    assert [(p['from'], p['to']) for p in result['verdict']['pairs']] == [(1, 2)]
+    for name in ('replicates.png', 'pairwise.png'):
+        assert (tmp_path / 'reps' / 'analysis' / name).stat().st_size > 10_000
     assert 'Connected iff matching' in (tmp_path / 'reps' / 'analysis' / 'replicates.md').read_text()
     first = (tmp_path / 'reps' / 'analysis' / 'replicates.json').read_text()
     caplog.clear()
