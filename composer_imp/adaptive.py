@@ -1,12 +1,17 @@
 """``AdaptiveIMP`` (§2.2 of the paper): choose each level's pruning ratio so the pruned solution stays
 inside the train LCS-set of the dense solution. A drop-in replacement for :class:`~composer_imp.imp.IMP`.
 
-1. ε: the standard deviation of the per-batch training loss over the last epoch of the dense run (under DDP
-   the all-reduced global loss), recorded by :class:`~composer_imp.loss_statistics.LossStatistics`.
-   Threshold = dense loss + ε, where the dense loss is, by ``baseline``:
-   ``'train'`` (default; the paper's wording) the mean train-mode batch loss of the last epoch, the same
-   batches ε comes from; or ``'eval'`` the eval-mode loss of the dense solution on the sweep subsample —
-   the measurement the sweep makes.
+1. Threshold = dense loss + ε. The paper: "the training loss of the dense network + the estimated ε". The
+   dense loss (``baseline='eval'``, default) is the dense solution's loss on the training subsample measured by
+   the same evaluator as the path losses it is compared with (same subsample, eval mode, hard labels, BatchNorm
+   policy); ``baseline='train'`` takes the mean train-mode batch loss of the dense run's last epoch instead
+   (augmented batches, batch statistics, moving weights, smoothed targets under LabelSmoothing), which is not the
+   quantity the sweep measures. ε (``epsilon='train'``, default, the paper's): the standard deviation of the
+   per-batch training loss over the last epoch of the dense run (all-reduced under DDP), recorded by
+   :class:`~composer_imp.loss_statistics.LossStatistics`; ``epsilon='eval'``: the standard deviation of the
+   evaluator's per-batch losses of the dense solution on the subsample at the training batch size. While an
+   algorithm changes the training loss or its batches (:data:`LOSS_CHANGING_ALGORITHMS`), the train-mode
+   baseline and ε are refused: use ``epsilon='eval'``.
 2. Sweep at the level-L solution ``w_L`` (:func:`sweep_ratio`, the functional form): for a candidate ratio p,
    prune p of the remaining weights to get the projection ``m_p ⊙ w_L`` and evaluate the training loss along
    the linear path from ``w_L`` to it on a fixed training subsample (eval mode, no augmentation). The answer is
@@ -22,13 +27,15 @@ Compute accounting: one forward pass of one sample counts as 1/3 of that sample'
 (forward + backward ≈ 3 forwards), so ``step_equivalents = forward_samples / (3 × global batch size)``.
 
 Example:
-    >>> AdaptiveIMP(ratio=0.2, rewind='1ep', subsample=512)
-    AdaptiveIMP(ratio=0.2, rewind='1ep', ignore=[], scope='global', ratios=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], path_points=[0.25, 0.5, 0.75, 1.0], subsample=512, batch_size=512, baseline='train', recalibrate_bn=True, reference='dense', land_on_target=True)
+    >>> adaptive = AdaptiveIMP(ratio=0.2, rewind='1ep', subsample=512)
+    >>> {k: adaptive.settings()[k] for k in ('name', 'baseline', 'epsilon', 'search')}
+    {'name': 'AdaptiveIMP', 'baseline': 'eval', 'epsilon': 'train', 'search': 'exhaustive'}
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
@@ -39,14 +46,19 @@ from composer.models import ComposerModel
 from composer.utils import dist
 from torch import nn
 
-from composer_imp.evaluate import evaluate_losses, fixed_subsample, interpolate, without_augmentation
+from composer_imp.evaluate import evaluate_losses, fixed_subsample, interpolate, per_batch_losses, without_augmentation
 from composer_imp.imp import IMP
 from composer_imp.masks import Mask, magnitude_prune, sparsity_report, unwrap_model
 
-__all__ = ['AdaptiveIMP', 'SweepResult', 'sweep_ratio', 'largest_passing_ratio', 'FORWARD_FRACTION_OF_STEP']
+__all__ = ['AdaptiveIMP', 'SweepResult', 'sweep_ratio', 'largest_passing_ratio', 'FORWARD_FRACTION_OF_STEP',
+           'LOSS_CHANGING_ALGORITHMS']
 
 FORWARD_FRACTION_OF_STEP = 1.0 / 3.0
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# Composer algorithms that change the training loss or the training batches: a train-mode loss statistic is then not
+# comparable with the evaluator's path losses.
+LOSS_CHANGING_ALGORITHMS = ('LabelSmoothing', 'MixUp', 'CutMix', 'CutOut', 'ColOut', 'ProgressiveResizing',
+                            'SelectiveBackprop', 'SeqLengthWarmup')
 
 
 class AdaptiveIMP(IMP):
@@ -59,7 +71,8 @@ class AdaptiveIMP(IMP):
         path_points: points β in (0, 1] on the path from ``w_L`` (β=0) to its projection (β=1).
         subsample: training examples the sweep evaluates on (fixed for the whole run).
         batch_size: evaluation batch size of the sweep.
-        baseline: ``'train'`` or ``'eval'``: which dense loss the threshold adds ε to (see the module doc).
+        baseline: ``'eval'`` (default) or ``'train'``: which dense loss the threshold adds ε to (module doc).
+        epsilon: ``'train'`` (default, the paper's) or ``'eval'``: how ε is measured (module doc).
         recalibrate_bn: recompute BatchNorm statistics of every evaluated network on the subsample
             before evaluating it (one more forward pass per point, counted in the compute).
         reference: ``'dense'`` (the paper): the threshold is the dense solution's loss + ε at every level;
@@ -76,7 +89,7 @@ class AdaptiveIMP(IMP):
     def __init__(self, ratio: float = 0.2, rewind: Union[str, int, Time] = '0ba', ignore: Iterable[str] = (),
                  scope: str = 'global', ratios: Sequence[float] = DEFAULT_RATIOS,
                  path_points: Sequence[float] = (0.25, 0.5, 0.75, 1.0), subsample: int = 1024, batch_size: int = 512,
-                 baseline: str = 'train', recalibrate_bn: bool = True, reference: str = 'dense',
+                 baseline: str = 'eval', epsilon: str = 'train', recalibrate_bn: bool = True, reference: str = 'dense',
                  land_on_target: bool = True, search: str = 'exhaustive', sweep_data: Any = None):
         super().__init__(ratio, rewind, ignore, scope)
         ratios, path_points = list(ratios), list(path_points)
@@ -93,25 +106,39 @@ class AdaptiveIMP(IMP):
             raise ValueError(f'AdaptiveIMP batch_size must be positive; got {batch_size}.')
         if baseline not in ('eval', 'train'):
             raise ValueError(f"AdaptiveIMP baseline must be 'eval' or 'train'; got {baseline!r}.")
+        if epsilon not in ('eval', 'train'):
+            raise ValueError(f"AdaptiveIMP epsilon must be 'train' (the dense run's per-batch training losses) or "
+                             f"'eval' (the evaluator's per-batch losses); got {epsilon!r}.")
         if reference not in ('dense', 'level'):
             raise ValueError(f"AdaptiveIMP reference must be 'dense' or 'level'; got {reference!r}.")
         if search not in ('exhaustive', 'bisect'):
             raise ValueError(f"AdaptiveIMP search must be 'exhaustive' (the paper's rule) or 'bisect'; got {search!r}.")
         self.ratios, self.path_points = [float(r) for r in ratios], [float(b) for b in path_points]
         self.subsample, self.batch_size = subsample, batch_size
-        self.baseline, self.recalibrate_bn, self.reference = baseline, recalibrate_bn, reference
+        self.baseline, self.epsilon, self.recalibrate_bn, self.reference = baseline, epsilon, recalibrate_bn, reference
         self.land_on_target, self.search = land_on_target, search
         self.sweep_data = sweep_data
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), 'ratios': self.ratios, 'path_points': self.path_points,
-                'subsample': self.subsample, 'batch_size': self.batch_size, 'baseline': self.baseline,
+                'subsample': self.subsample, 'batch_size': self.batch_size, 'baseline': self.baseline, 'epsilon': self.epsilon,
                 'recalibrate_bn': self.recalibrate_bn, 'reference': self.reference,
                 'land_on_target': self.land_on_target, 'search': self.search}
 
     def check(self, state: State) -> None:
         """Refuse, before any training, a setup the sweep cannot run on (called by the level loop at level 0)."""
         super().check(state)
+        changing = [type(a).__name__ for a in state.algorithms if type(a).__name__ in LOSS_CHANGING_ALGORITHMS]
+        train_mode = [k for k, v in (('baseline', self.baseline), ('epsilon', self.epsilon)) if v == 'train']
+        if changing and train_mode:
+            raise ValueError(f'AdaptiveIMP {" and ".join(f"{k}={v!r}" for k, v in (("baseline", self.baseline), ("epsilon", self.epsilon)) if k in train_mode)} '
+                             f'measures the training loss in train mode, which {", ".join(changing)} changes (smoothed or '
+                             'mixed targets, altered batches), while the sweep compares eval-mode, hard-label losses. Set '
+                             "baseline='eval' and epsilon='eval' (ε from the evaluator's per-batch losses).")
+        batch = (getattr(state.train_dataloader, 'batch_size', None) or 1) * dist.get_world_size()
+        if self.epsilon == 'eval' and self.subsample < 2 * batch:
+            raise ValueError(f"AdaptiveIMP epsilon='eval' needs at least two training batches of {batch} in the subsample; "
+                             f'subsample={self.subsample}: raise it to at least {2 * batch}.')
         if self.recalibrate_bn and dist.get_world_size() > 1 and \
                 any(isinstance(m, nn.SyncBatchNorm) for m in state.model.modules()):
             # Its train-mode forward synchronizes across ranks, which hold different numbers of sweep batches.
@@ -146,7 +173,7 @@ class AdaptiveIMP(IMP):
         Every rank evaluates its share of the fixed subsample on the Trainer's device and the sums are all-reduced,
         so every rank takes the same decision. The model's own weights are restored afterwards.
         """
-        if dense_row.get('epsilon') is None:
+        if self.epsilon == 'train' and dense_row.get('epsilon') is None:
             raise ValueError('AdaptiveIMP needs ε, the standard deviation of the dense run\'s per-batch training loss '
                              'over its last epoch, which level 0 did not record (fewer than 2 batches, or a run made '
                              'before adaptive existed); start a new run (another save_folder or overwrite).')
@@ -157,8 +184,10 @@ class AdaptiveIMP(IMP):
         batches = fixed_subsample(self._sweep_data(state), self.subsample, self.batch_size, seed=0, rank_share=True)
         forwards = 0
         reference = level_row if self.reference == 'level' and level_row is not None else dense_row
+        loader = state.train_dataloader
+        global_batch = (getattr(loader, 'batch_size', None) or 1) * dist.get_world_size()
+        previous = (level_row or {}).get('sweep') or {}  # a sweep of this run: its dense measurements are reused
         try:
-            previous = (level_row or {}).get('sweep') or {}
             if self.baseline == 'eval' and reference is dense_row and previous.get('baseline') == 'eval' and \
                     previous.get('reference') == 'dense':
                 dense = previous['dense_loss']  # the dense solution on the same fixed subsample: measured once per run
@@ -168,7 +197,15 @@ class AdaptiveIMP(IMP):
                 forwards += self.subsample * (2 if self.recalibrate_bn else 1)
             else:
                 dense = reference['train_loss_mean']
-            threshold = dense + dense_row['epsilon']  # ε always from the dense run's last epoch
+            if self.epsilon == 'train':
+                epsilon = dense_row['epsilon']  # the paper's: the dense run's last epoch
+            elif previous.get('epsilon_source') == 'eval':
+                epsilon = previous['epsilon']
+            else:  # the evaluator's per-batch losses of the dense solution at the training batch size
+                data = fixed_subsample(self._sweep_data(state), self.subsample, global_batch, seed=0, rank_share=True)
+                epsilon = statistics.stdev(per_batch_losses(model, dense_weights(), data, self.recalibrate_bn, spread))
+                forwards += self.subsample * (2 if self.recalibrate_bn else 1)
+            threshold = dense + epsilon
             landing = self._landing_ratio(mask, target_sparsity)
             ratios = [*self.ratios, landing] if landing is not None else self.ratios
             result = sweep_ratio(model, solution, mask, batches, threshold, ratios, self.path_points,
@@ -177,10 +214,9 @@ class AdaptiveIMP(IMP):
         finally:
             model.load_state_dict(saved)
         forwards += result.forward_samples
-        loader = state.train_dataloader
-        global_batch = (getattr(loader, 'batch_size', None) or 1) * dist.get_world_size()
         ratio = max(result.ratio or 0.0, self.ratio)
-        return ratio, {'epsilon': dense_row['epsilon'], 'baseline': self.baseline, 'reference': self.reference,
+        return ratio, {'epsilon': epsilon, 'epsilon_source': self.epsilon, 'baseline': self.baseline,
+                       'reference': self.reference,
                        'dense_loss': dense, 'threshold': threshold, 'landing_ratio': landing, 'table': result.table,
                        'chosen': result.ratio, 'pruned': ratio, 'forward_samples': forwards,
                        'step_equivalents': forwards * FORWARD_FRACTION_OF_STEP / global_batch,

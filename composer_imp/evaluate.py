@@ -27,7 +27,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import default_collate
 
-__all__ = ['without_augmentation', 'interpolate', 'evaluate', 'evaluate_losses', 'recalibrate_batchnorm', 'fixed_subsample', 'local_device']
+__all__ = ['without_augmentation', 'interpolate', 'evaluate', 'evaluate_losses', 'per_batch_losses', 'recalibrate_batchnorm', 'fixed_subsample', 'local_device']
 
 
 def without_augmentation(dataset: Any) -> Any:
@@ -210,3 +210,26 @@ def evaluate_losses(
 ) -> list[float]:
     """Mean loss of ``model`` under each weight set (see :func:`evaluate`)."""
     return [r['loss'] for r in evaluate(model, weight_sets, batches, recalibrate_bn, all_reduce=all_reduce)]
+
+
+@torch.no_grad()
+def per_batch_losses(
+    model: ComposerModel,
+    weights: Mapping[str, torch.Tensor],
+    batches: Sequence,
+    recalibrate_bn: bool = False,
+    all_reduce: bool = False,
+) -> list[float]:
+    """The mean loss of every batch under ``weights`` (eval mode, see :func:`evaluate`).
+
+    With ``recalibrate_bn`` the BatchNorm statistics are recomputed once, on all of ``batches``. ``all_reduce=True``:
+    ``batches`` is this rank's share, and every rank returns the losses of all ranks' batches.
+    """
+    device = next(model.parameters()).device
+    weights = {k: v.to(device) for k, v in weights.items()}
+    if recalibrate_bn:
+        weights = recalibrate_batchnorm(model, weights, _on(batches, device), all_reduce)
+    losses = [evaluate(model, [weights], [batch])[0]['loss'] for batch in batches]
+    if all_reduce and dist.get_world_size() > 1:
+        losses = [loss for share in dist.all_gather_object(losses) for loss in share]
+    return losses

@@ -2,6 +2,7 @@
 
 import json
 import random
+import statistics
 from types import SimpleNamespace
 
 import pytest
@@ -176,6 +177,46 @@ def test_adaptive_run_prunes_max_of_sweep_and_floor(tmp_path, make_trainer_facto
     recorded = OmegaConf.load(tmp_path / 'config.yaml').imp
     assert recorded.name == 'AdaptiveIMP' and recorded.subsample == 200 and recorded.baseline == 'train'
     assert OmegaConf.load(tmp_path / 'config.yaml').target_sparsity == 0.5
+
+
+def test_the_default_threshold_is_the_dense_loss_measured_like_the_paths(tmp_path, make_trainer_factory, trained,
+                                                                          digits_loaders):
+    """baseline='eval' (default): the dense solution's loss on the sweep's subsample by the sweep's own evaluator;
+    epsilon='eval': the spread of that evaluator's per-batch losses at the training batch size (64)."""
+    from composer_imp.evaluate import per_batch_losses
+    assert AdaptiveIMP().baseline == 'eval' and AdaptiveIMP().epsilon == 'train'
+    make_trainer = make_trainer_factory(imp=lambda: AdaptiveIMP(ratio=0.2, rewind='5ba', subsample=256, batch_size=128,
+                                                                epsilon='eval'))
+    rows = find_ticket(make_trainer, str(tmp_path), levels=2, seed=1)
+    model, _, _ = trained
+    dense = torch.load(tmp_path / 'level_00' / 'weights.pt', weights_only=True)
+    train = digits_loaders[0].dataset  # the sweep reads the training set without augmentation (digits: as is)
+    subsample = fixed_subsample(train, 256, 128)
+    first = rows[1]['sweep']
+    assert first['dense_loss'] == pytest.approx(evaluate_losses(model, [dense], subsample, True)[0], rel=1e-5)
+    losses = per_batch_losses(model, dense, fixed_subsample(train, 256, 64), True)
+    assert len(losses) == 4 and first['epsilon_source'] == 'eval'
+    assert first['epsilon'] == pytest.approx(statistics.stdev(losses), rel=1e-5)
+    assert first['threshold'] == pytest.approx(first['dense_loss'] + first['epsilon'])
+    second = rows[2]['sweep']  # measured once per run, reused by later sweeps and not counted again
+    assert (second['dense_loss'], second['epsilon']) == (first['dense_loss'], first['epsilon'])
+    passes = sum(len(t['path_losses']) for t in second['table'])
+    assert second['forward_samples'] == passes * 256 * 2
+    assert first['forward_samples'] == (sum(len(t['path_losses']) for t in first['table']) + 2) * 256 * 2
+
+
+def test_train_mode_statistics_are_refused_beside_loss_changing_algorithms(tmp_path, make_trainer_factory):
+    from composer.algorithms import LabelSmoothing
+    for kwargs, message in (({}, "epsilon='train'"), ({'baseline': 'train', 'epsilon': 'eval'}, "baseline='train'")):
+        make_trainer = make_trainer_factory(imp=lambda: [AdaptiveIMP(rewind='5ba', subsample=256, **kwargs),
+                                                         LabelSmoothing(0.1)])
+        with pytest.raises(ValueError, match=f"{message}.*LabelSmoothing.*Set baseline='eval' and epsilon='eval'"):
+            find_ticket(make_trainer, str(tmp_path / 'refused'), levels=1)
+        assert not (tmp_path / 'refused').exists()
+    make_trainer = make_trainer_factory(imp=lambda: [AdaptiveIMP(rewind='5ba', subsample=256, epsilon='eval'),
+                                                     LabelSmoothing(0.1)])
+    rows = find_ticket(make_trainer, str(tmp_path / 'accepted'), levels=1)
+    assert rows[1]['sweep']['epsilon_source'] == 'eval' and rows[1]['sweep']['baseline'] == 'eval'
 
 
 @pytest.mark.parametrize('land', [True, False])
