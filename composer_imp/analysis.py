@@ -17,7 +17,10 @@ whether "connected iff matching" holds. Writes ``SAVE_FOLDER/analysis/analysis.j
      "planes": [{"level": L, "alphas": [float], "betas": [float], "errors": [[float]]}],   # errors[beta][alpha]
      "verdict": {"holds": bool | null, "pairs": [{"from", "to", "matching", "connected", "agree"}],   # L >= 1
                  "dense_pair": {...} | null},                                                        # 0 -> 1
-     "connected_iff_matching": bool | null}   # = verdict.holds (composer_imp.connectivity.iff_verdict)
+     "connected_iff_matching": bool | null,   # = verdict.holds (composer_imp.connectivity.iff_verdict)
+     "lcs": [{"level": L, "train_epsilon",           # Definition 2.1 membership in the LCS-set of w_L
+              "projection": {"max_error", "test": bool, "max_train_loss", "train": bool},   # m_{L+1} ⊙ w_L
+              "next": {...}}]}                                                           # w_{L+1}
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from composer_imp.artifacts import RunFolder, atomic_write_text
-from composer_imp.connectivity import DEFAULT_BETAS, iff_verdict, linear_path, plane_slice
+from composer_imp.connectivity import DEFAULT_BETAS, iff_verdict, in_lcs_set, linear_path, plane_slice
 from composer_imp.evaluate import evaluate, fixed_subsample
 from composer_imp.masks import unwrap_model
 from composer_imp.plots import plot_landscape_report
@@ -199,19 +202,50 @@ def analyze_run(save_folder: str, model: torch.nn.Module, eval_dataloader: Any, 
         max_err[i][j] = max_err[j][i] = path['max_error']
         barrier[i][j] = barrier[j][i] = path['barrier']
 
+    def projection(a: int, b: int) -> dict:
+        """``m_b ⊙ w_a``: the level-a solution projected onto the next level's axial subspace."""
+        mask = torch.load(folder.mask(b), map_location='cpu', weights_only=True)
+        return {k: (v * mask[k].to(v.dtype) if k in mask else v) for k, v in weights[a].items()}
+
     plane_results = []
     if planes:
         for a, b in zip(levels, levels[1:]):
             def compute(a=a, b=b):
                 mask = torch.load(folder.mask(b), map_location='cpu', weights_only=True)
-                projection = {k: (v * mask[k].to(v.dtype) if k in mask else v) for k, v in weights[a].items()}
-                return plane_slice(model, weights[a], projection, weights[b], batches, set(mask), planes,
+                return plane_slice(model, weights[a], projection(a, b), weights[b], batches, set(mask), planes,
                                    recalibrate_bn=recalibrate_bn, recalibration_batches=recal, all_reduce=spread)
             plane_results.append({'level': a, **cache.path(f'plane_{a:02d}_{planes}', [a, b], compute)})
 
+    # LCS-set membership (Definition 2.1, §2.1 and §2.2): is the projection m_{L+1} ⊙ w_L, and is w_{L+1}, within
+    # E(w_L) + ε at the point and along the whole line from w_L? In test error with the matching tolerance (ε from
+    # replicates), and, given training data, in training loss with the dense run's ε (the train LCS-set).
+    train_batches = recal
+    if train_batches is None and train_data is not None:
+        train_batches = fixed_subsample(train_data, min(1024, len(train_data)), 256, rank_share=spread)
+    train_epsilon = rows[levels[0]].get('epsilon')
+    lcs = []
+    for i in range(n - 1):
+        a, b = levels[i], levels[i + 1]
+        to_projection = cache.path(f'projection_{a:02d}', [a, b], lambda: linear_path(
+            model, weights[a], projection(a, b), batches, betas, recalibrate_bn, recal, spread))
+        entry = {'level': a, 'train_epsilon': train_epsilon,
+                 'projection': {'max_error': to_projection['max_error'],
+                                'test': in_lcs_set(to_projection['errors'], tolerance)},
+                 'next': {'max_error': paths[i, i + 1]['max_error'],
+                          'test': in_lcs_set(paths[i, i + 1]['errors'], tolerance)}}
+        if train_batches is not None and train_epsilon is not None:
+            train = cache.path(f'train_{a:02d}_{len(train_data)}', [a, b], lambda: {
+                'projection': linear_path(model, weights[a], projection(a, b), train_batches, betas, recalibrate_bn,
+                                          recal, spread)['losses'],
+                'next': linear_path(model, weights[a], weights[b], train_batches, betas, recalibrate_bn, recal,
+                                    spread)['losses']})
+            for end in ('projection', 'next'):
+                entry[end].update(max_train_loss=max(train[end]), train=in_lcs_set(train[end], train_epsilon))
+        lcs.append(entry)
+
     verdict = iff_verdict(successive)
     result = {
-        'settings': recorded, 'planes': plane_results,
+        'settings': recorded, 'planes': plane_results, 'lcs': lcs,
         'tolerance': tolerance, 'betas': recorded['betas'], 'recalibrate_bn': recalibrate_bn,
         'levels': level_rows, 'successive': successive,
         'pairwise': {'levels': levels, 'max_error': max_err, 'barrier': barrier},

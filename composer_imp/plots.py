@@ -136,10 +136,30 @@ def plot_landscape_report(analysis: dict, out: str) -> list[str]:
     lines += ['', '| path | error barrier | max error | connected | both matching |', '|---|---|---|---|---|']
     lines += [f'| {s["from"]} → {s["to"]} | {100 * s["barrier"]:.2f} pts | {100 * s["max_error"]:.2f}% | {s["connected"]} | '
               f'{s["both_matching"]} |' for s in analysis['successive']]
+    lines += _lcs_lines(analysis.get('lcs') or [], tol)
     lines += [''] + [f'![{os.path.basename(p)}]({os.path.basename(p)})' for p in paths]
     paths.append(os.path.join(out, 'report.md'))
     atomic_write_text('\n'.join(lines) + '\n', paths[-1])
     return paths
+
+
+def _lcs_lines(lcs: list, tol: float) -> list[str]:
+    """LCS-set membership (Definition 2.1) of the projection and of the next solution, as markdown."""
+    if not lcs:
+        return []
+
+    def mark(end: dict, key: str) -> str:
+        return '–' if end.get(key) is None else ('in' if end[key] else 'out')
+
+    eps = lcs[0].get('train_epsilon')
+    train = f'training loss, ε = {eps:.4f} (the dense run\'s)' if eps is not None and 'train' in lcs[0]['projection'] \
+        else 'training loss: pass training data to measure it'
+    lines = ['', f'**LCS-set of w_L** (Definition 2.1: within E(w_L) + ε at the point and along the line from w_L), in '
+                 f'test error (ε = {100 * tol:.2f} points) and in {train}:', '',
+             '| L | projection m_(L+1) ⊙ w_L: test | train | w_(L+1): test | train |', '|---|---|---|---|---|']
+    lines += [f'| {e["level"]} | {mark(e["projection"], "test")} | {mark(e["projection"], "train")} | '
+              f'{mark(e["next"], "test")} | {mark(e["next"], "train")} |' for e in lcs]
+    return lines
 
 
 def _verdict_lines(verdict: dict) -> list[str]:

@@ -91,10 +91,33 @@ def test_analysis_of_a_real_run_end_to_end(yaml_run):
     first = (folder / 'analysis' / 'analysis.json').read_text()
     # Again from Python, with the recipe's model (post-surgery names) and eval loader: the same numbers.
     recipe = build_recipe(load_config(QUICK, [f'save_folder={folder}', *RUN]))
-    result = analyze_run(str(folder), recipe.analysis_model(), recipe.eval_dataloader,
+    model = recipe.analysis_model()
+    result = analyze_run(str(folder), model, recipe.eval_dataloader, recipe.sweep_data,
                          settings=LandscapeSettings(betas=[0.0, 0.5, 1.0]))
     assert (folder / 'analysis' / 'analysis.json').read_text() == first, 'deterministic'
     assert json.loads(first) == json.loads(json.dumps(result))
+    # LCS-set membership (Definition 2.1), recomputed here from the run's files: the projection m_{L+1} ⊙ w_L and
+    # w_{L+1} are in the set of w_L when the whole line from w_L stays within E(w_L) + ε (test error; training loss
+    # on the fixed un-augmented training subsample with the dense run's ε).
+    from composer_imp.connectivity import linear_path
+    from composer_imp.evaluate import fixed_subsample
+    rows = json.loads((folder / 'summary.json').read_text())['levels']
+    train = fixed_subsample(recipe.sweep_data, 1024, 256)
+    assert [e['level'] for e in result['lcs']] == [0, 1]
+    for entry in result['lcs']:
+        level = entry['level']
+        w = torch.load(folder / f'level_{level:02d}' / 'weights.pt', weights_only=True)
+        nxt = torch.load(folder / f'level_{level + 1:02d}' / 'weights.pt', weights_only=True)
+        mask = torch.load(folder / f'level_{level + 1:02d}' / 'mask.pt', weights_only=True)
+        proj = {k: v * mask[k] if k in mask else v for k, v in w.items()}
+        for end, target in (('projection', proj), ('next', nxt)):
+            test = linear_path(model, w, target, recipe.eval_dataloader, [0.0, 0.5, 1.0])['errors']
+            assert entry[end]['test'] == (max(test) <= test[0] + result['tolerance'])
+            assert entry[end]['max_error'] == pytest.approx(max(test))
+            losses = linear_path(model, w, target, train, [0.0, 0.5, 1.0])['losses']
+            assert entry[end]['max_train_loss'] == pytest.approx(max(losses), rel=1e-5)
+            assert entry[end]['train'] == (max(losses) <= losses[0] + rows[0]['epsilon'])
+    assert 'LCS-set of w_L' in (folder / 'analysis' / 'report.md').read_text()
     summary = json.loads((folder / 'summary.json').read_text())['levels']
     assert [r['level'] for r in result['levels']] == [0, 1, 2]
     for r, s in zip(result['levels'], summary):
