@@ -14,7 +14,8 @@ whether "connected iff matching" holds. Writes ``SAVE_FOLDER/analysis/analysis.j
      "successive": [{"from", "to", "betas", "errors", "losses", "barrier", "max_error",
                      "connected", "both_matching"}],
      "pairwise": {"levels": [int], "max_error": [[float|null]], "barrier": [[float|null]]},
-     "planes": [{"level": L, "alphas": [float], "betas": [float], "errors": [[float]]}],   # errors[beta][alpha]
+     "planes": [{"level": L, "xs": [float], "ys": [float], "errors": [[float]],   # errors[j][i] at (xs[i], ys[j])
+                 "anchors": {"w_L" | "projection" | "next": {"x", "y", "error"}}, "metric"}],  # connectivity.PlaneFrame
      "verdict": {"holds": bool | null, "pairs": [{"from", "to", "matching", "connected", "agree"}],   # L >= 1
                  "dense_pair": {...} | null},                                                        # 0 -> 1
      "connected_iff_matching": bool | null,   # = verdict.holds (composer_imp.connectivity.iff_verdict)
@@ -211,10 +212,10 @@ def analyze_run(save_folder: str, model: torch.nn.Module, eval_dataloader: Any, 
     if planes:
         for a, b in zip(levels, levels[1:]):
             def compute(a=a, b=b):
-                mask = torch.load(folder.mask(b), map_location='cpu', weights_only=True)
-                return plane_slice(model, weights[a], projection(a, b), weights[b], batches, set(mask), planes,
+                prunable = set(torch.load(folder.mask(b), map_location='cpu', weights_only=True))
+                return plane_slice(model, weights[a], projection(a, b), weights[b], batches, prunable, planes,
                                    recalibrate_bn=recalibrate_bn, recalibration_batches=recal, all_reduce=spread)
-            plane_results.append({'level': a, **cache.path(f'plane_{a:02d}_{planes}', [a, b], compute)})
+            plane_results.append({'level': a, **cache.path(f'slice_{a:02d}_{planes}', [a, b], compute)})
 
     # LCS-set membership (Definition 2.1, §2.1 and §2.2): is the projection m_{L+1} ⊙ w_L, and is w_{L+1}, within
     # E(w_L) + ε at the point and along the whole line from w_L? In test error with the matching tolerance (ε from

@@ -9,6 +9,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 import torch
@@ -16,7 +18,8 @@ from composer.models import ComposerModel
 
 from composer_imp.evaluate import evaluate, interpolate
 
-__all__ = ['error_barrier', 'iff_verdict', 'in_lcs_set', 'linear_path', 'plane_point', 'plane_slice', 'DEFAULT_BETAS']
+__all__ = ['error_barrier', 'iff_verdict', 'in_lcs_set', 'linear_path', 'PlaneFrame', 'plane_point', 'plane_slice',
+           'DEFAULT_BETAS']
 
 DEFAULT_BETAS = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -84,71 +87,124 @@ def linear_path(
             'barrier': error_barrier(errors, betas), 'max_error': max(errors)}
 
 
-def _closest_in_triangle(a: float, b: float) -> tuple[float, float]:
-    """Closest point of the triangle {a, b >= 0, a + b <= 1} to (a, b) in plane coordinates."""
-    if a >= 0 and b >= 0 and a + b <= 1:
-        return a, b
-    candidates = []
-    for (x0, y0), (x1, y1) in (((0, 0), (1, 0)), ((0, 0), (0, 1)), ((1, 0), (0, 1))):
-        dx, dy = x1 - x0, y1 - y0
-        t = min(1.0, max(0.0, ((a - x0) * dx + (b - y0) * dy) / (dx * dx + dy * dy)))
-        px, py = x0 + t * dx, y0 + t * dy
-        candidates.append(((px - a) ** 2 + (py - b) ** 2, px, py))
-    _, px, py = min(candidates)
-    return px, py
+@dataclass
+class PlaneFrame:
+    """Orthogonal coordinates of the plane through ``w_L`` (A), its projection ``m_{L+1} ⊙ w_L`` (P) and ``w_{L+1}``
+    (B), as the paper draws them (App. C, Fig. 3).
+
+    The x axis runs along the axial line from P (0, 0) to B (1, 0): on it every coordinate that ``m_{L+1}`` prunes is
+    exactly zero. The y axis is orthogonal to it, towards A at (``a_x``, ``a_y``). Lengths are in units of ``|B - P|``
+    measured with the Euclidean inner product over the *prunable* weights (the coordinates the masks act on); the
+    other float tensors (biases, normalization, BatchNorm buffers) follow the same affine combination inside the
+    triangle P, B, A, and outside it take their value at the triangle's closest point in these orthonormal
+    coordinates, i.e. the closest point in Euclidean distance over the prunable weights.
+    """
+
+    a_x: float
+    a_y: float
+
+    @staticmethod
+    def of(a: Mapping[str, torch.Tensor], p: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor],
+           prunable: set) -> 'PlaneFrame':
+        def dot(x: Mapping, y: Mapping) -> float:
+            return float(sum((x[k].double() * y[k].double()).sum() for k in prunable))
+
+        bp = {k: b[k] - p[k] for k in prunable}
+        ap = {k: a[k] - p[k] for k in prunable}
+        d2 = dot(bp, bp)
+        if d2 == 0:
+            raise ValueError('w_L+1 equals the projection of w_L on the prunable weights: the plane is undefined.')
+        a_x = dot(ap, bp) / d2
+        a_y = math.sqrt(max(dot(ap, ap) / d2 - a_x ** 2, 0.0))
+        if a_y == 0:
+            raise ValueError('w_L lies on the axial line through its projection and w_L+1: the plane is undefined.')
+        return PlaneFrame(a_x, a_y)
+
+    def weights_of(self, x: float, y: float) -> tuple[float, float]:
+        """``(s, t)`` with the point ``P + s (B - P) + t (A - P)`` at plane coordinates ``(x, y)``."""
+        t = y / self.a_y
+        return x - self.a_x * t, t
+
+    def closest_in_triangle(self, x: float, y: float) -> tuple[float, float]:
+        """The closest point of the triangle P, B, A to ``(x, y)`` (orthonormal coordinates)."""
+        corners = ((0.0, 0.0), (1.0, 0.0), (self.a_x, self.a_y))
+        s, t = self.weights_of(x, y)
+        if s >= 0 and t >= 0 and s + t <= 1:
+            return x, y
+        best = None
+        for (x0, y0), (x1, y1) in zip(corners, corners[1:] + corners[:1]):
+            dx, dy = x1 - x0, y1 - y0
+            f = min(1.0, max(0.0, ((x - x0) * dx + (y - y0) * dy) / (dx * dx + dy * dy)))
+            px, py = x0 + f * dx, y0 + f * dy
+            candidate = ((px - x) ** 2 + (py - y) ** 2, px, py)
+            best = candidate if best is None or candidate < best else best
+        return best[1], best[2]
 
 
 def plane_point(
-    origin: Mapping[str, torch.Tensor],
-    u_end: Mapping[str, torch.Tensor],
-    v_end: Mapping[str, torch.Tensor],
-    a: float,
-    b: float,
+    p: Mapping[str, torch.Tensor],
+    b: Mapping[str, torch.Tensor],
+    a: Mapping[str, torch.Tensor],
+    frame: PlaneFrame,
+    x: float,
+    y: float,
     prunable: set,
 ) -> dict[str, torch.Tensor]:
-    """``origin + a (u_end - origin) + b (v_end - origin)``, the paper's rule outside the convex hull.
-
-    Inside the triangle of the three networks everything is interpolated. Outside it (Appendix C) only the
-    prunable weights extrapolate; every other tensor (biases, normalization, buffers) takes its value at the
-    closest point of the triangle (closest in plane coordinates).
-    """
-    ca, cb = _closest_in_triangle(a, b)
+    """The network at plane coordinates ``(x, y)`` of ``frame`` (see :class:`PlaneFrame`)."""
+    s, t = frame.weights_of(x, y)
+    cs, ct = frame.weights_of(*frame.closest_in_triangle(x, y))
     out = {}
-    for k, o in origin.items():
-        if not o.is_floating_point():
-            out[k] = o
+    for k, origin in p.items():
+        if not origin.is_floating_point():
+            out[k] = origin
             continue
-        x, y = (a, b) if k in prunable else (ca, cb)
-        out[k] = o + x * (u_end[k] - o) + y * (v_end[k] - o)
+        u, v = (s, t) if k in prunable else (cs, ct)
+        # P + s (B - P) + t (A - P): where P and B are zero (the pruned coordinates) and t = 0, exactly zero.
+        out[k] = origin + u * (b[k] - origin) + v * (a[k] - origin)
     return out
 
 
 def plane_slice(
     model: ComposerModel,
-    origin: Mapping[str, torch.Tensor],
-    u_end: Mapping[str, torch.Tensor],
-    v_end: Mapping[str, torch.Tensor],
+    a: Mapping[str, torch.Tensor],
+    p: Mapping[str, torch.Tensor],
+    b: Mapping[str, torch.Tensor],
     batches: Sequence,
     prunable: set,
     grid: int = 51,
-    span: tuple[float, float] = (-0.25, 1.25),
+    margin: float = 0.25,
     chunk: int = 32,
     recalibrate_bn: bool = False,
     recalibration_batches: Optional[Sequence] = None,
     all_reduce: bool = False,
 ) -> dict:
-    """Test error on a ``grid × grid`` slice of the plane through three networks (Figure 3 of the paper).
+    """Test error on a ``grid × grid`` slice of the plane through ``w_L`` (``a``), its projection (``p``) and
+    ``w_{L+1}`` (``b``): Figure 3 of the paper, in the orthogonal coordinates of :class:`PlaneFrame`.
 
-    Coordinates: ``origin`` at (0, 0), ``u_end`` at (1, 0), ``v_end`` at (0, 1). Points are evaluated
-    ``chunk`` at a time through :func:`composer_imp.evaluate.evaluate` (one pass over the data per chunk); with
-    ``all_reduce`` under Composer's launcher each rank evaluates every point on its share of the data.
+    The grid covers the three networks with ``margin`` of the extent on every side; the three networks themselves
+    are evaluated exactly as ``anchors``. Points are evaluated ``chunk`` at a time through
+    :func:`composer_imp.evaluate.evaluate` (one pass over the data per chunk); with ``all_reduce`` under Composer's
+    launcher each rank evaluates every point on its share of the data.
+
+    Returns ``{'xs', 'ys', 'errors' (errors[j][i] at (xs[i], ys[j])), 'anchors': {'w_L', 'projection', 'next':
+    {'x', 'y', 'error'}}, 'metric': 'euclidean over prunable weights'}``.
     """
-    coords = [span[0] + (span[1] - span[0]) * i / (grid - 1) for i in range(grid)]
-    errors = [[0.0] * grid for _ in range(grid)]
-    cells = [(i, j) for j in range(grid) for i in range(grid)]
-    for start in range(0, len(cells), chunk):
-        part = cells[start:start + chunk]
-        points = [plane_point(origin, u_end, v_end, coords[i], coords[j], prunable) for i, j in part]
-        for (i, j), r in zip(part, evaluate(model, points, batches, recalibrate_bn, recalibration_batches, all_reduce)):
-            errors[j][i] = r['error']
-    return {'alphas': coords, 'betas': coords, 'errors': errors}
+    frame = PlaneFrame.of(a, p, b, prunable)
+    x0, x1 = min(0.0, frame.a_x), max(1.0, frame.a_x)
+    pad_x, pad_y = margin * (x1 - x0), margin * frame.a_y
+    xs = [x0 - pad_x + (x1 - x0 + 2 * pad_x) * i / (grid - 1) for i in range(grid)]
+    ys = [-pad_y + (frame.a_y + 2 * pad_y) * j / (grid - 1) for j in range(grid)]
+    cells = [(xs[i], ys[j]) for j in range(grid) for i in range(grid)]
+    # The three networks themselves (not their plane coordinates), so their errors are exactly their own.
+    anchors = {'projection': (0.0, 0.0, p), 'next': (1.0, 0.0, b), 'w_L': (frame.a_x, frame.a_y, a)}
+    sets = [lambda x=x, y=y: plane_point(p, b, a, frame, x, y, prunable) for x, y in cells]
+    sets += [lambda w=w: w for _, _, w in anchors.values()]
+    values = []
+    for start in range(0, len(sets), chunk):
+        points = [make() for make in sets[start:start + chunk]]
+        values += [r['error'] for r in evaluate(model, points, batches, recalibrate_bn, recalibration_batches,
+                                                 all_reduce)]
+    errors = [values[j * grid:(j + 1) * grid] for j in range(grid)]
+    exact = values[grid * grid:]
+    return {'xs': xs, 'ys': ys, 'errors': errors, 'metric': 'euclidean over prunable weights',
+            'anchors': {name: {'x': x, 'y': y, 'error': e} for (name, (x, y, _)), e in zip(anchors.items(), exact)}}

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import shutil
 
 import pytest
@@ -149,35 +150,60 @@ def test_analysis_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert 'is not an IMP run' in capsys.readouterr().err
 
 
-def test_plane_corners_and_extrapolation_rule():
-    from composer_imp.connectivity import plane_point
-    o = {'w': torch.tensor([1.0, 2.0]), 'b': torch.tensor([1.0])}
-    u = {'w': torch.tensor([1.0, 0.0]), 'b': torch.tensor([1.0])}      # projection: one weight pruned, bias unchanged
-    v = {'w': torch.tensor([3.0, 0.0]), 'b': torch.tensor([5.0])}
-    for (a, b), expected in (((0, 0), o), ((1, 0), u), ((0, 1), v)):
-        p = plane_point(o, u, v, a, b, prunable={'w'})
-        assert all(torch.equal(p[k], expected[k]) for k in o)
-    inside = plane_point(o, u, v, 0.25, 0.5, prunable={'w'})
-    assert torch.allclose(inside['b'], torch.tensor([1.0 + 0.5 * 4.0]))
-    outside = plane_point(o, u, v, 0.0, 1.5, prunable={'w'})  # beyond w_L+1: weights extrapolate, bias stays at (0, 1)
-    assert torch.allclose(outside['w'], torch.tensor([1.0 + 1.5 * 2.0, 2.0 - 1.5 * 2.0]))
-    assert torch.allclose(outside['b'], v['b'])
+def _plane_networks(model):
+    """w_L, its projection m ⊙ w_L (half the prunable weights), and a w_L+1 trained (here: moved) inside m."""
+    from composer_imp.masks import full_mask, magnitude_prune
+    torch.manual_seed(1)
+    a = {k: (v + 0.3 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    mask = magnitude_prune(a, full_mask(model), 0.5)
+    p = {k: v * mask[k] if k in mask else v for k, v in a.items()}
+    b = {k: (v + 0.2 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in p.items()}
+    b = {k: v * mask[k] if k in mask else v for k, v in b.items()}
+    return a, p, b, mask
 
 
-def test_plane_slice_grid_matches_pointwise_evaluation(digits_loaders, tiny_model_fn):
-    from composer_imp.connectivity import plane_point, plane_slice
+def test_plane_axes_are_orthogonal_and_the_axial_line_is_exactly_sparse(tiny_model_fn):
+    from composer_imp.connectivity import PlaneFrame, plane_point
+    model = tiny_model_fn()
+    a, p, b, mask = _plane_networks(model)
+    prunable = set(mask)
+    frame = PlaneFrame.of(a, p, b, prunable)
+    # The projection and w_L+1 sit at (0, 0) and (1, 0); w_L at (a_x, a_y), orthogonal axes.
+    for (x, y), expected in (((0.0, 0.0), p), ((1.0, 0.0), b), ((frame.a_x, frame.a_y), a)):
+        point = plane_point(p, b, a, frame, x, y, prunable)
+        assert all(torch.allclose(point[k], expected[k], atol=1e-6) for k in a if a[k].is_floating_point())
+    def flat(w):
+        return torch.cat([w[k].flatten().double() for k in sorted(prunable)])
+    along, towards = flat(b) - flat(p), flat(a) - flat(p) - frame.a_x * (flat(b) - flat(p))
+    assert abs(float(along @ towards)) < 1e-6 * float(along.norm() * towards.norm())
+    assert float(towards.norm() / along.norm()) == pytest.approx(frame.a_y, rel=1e-6)
+    # Every point of the drawn axial line (y = 0), inside and beyond the two networks, has its pruned coordinates
+    # exactly zero: it lies in the axial subspace of m_L+1.
+    for x in (-0.7, 0.0, 0.3, 1.0, 1.9):
+        point = plane_point(p, b, a, frame, x, 0.0, prunable)
+        assert all(torch.count_nonzero(point[k][~mask[k]]) == 0 for k in mask)
+    off = plane_point(p, b, a, frame, 0.3, 0.01, prunable)
+    assert any(torch.count_nonzero(off[k][~mask[k]]) > 0 for k in mask)
+    # Outside the triangle the non-prunable tensors take the closest point's values: below the axial line at
+    # x = 0.5, the closest point of the triangle is (0.5, 0), halfway from the projection to w_L+1.
+    below = plane_point(p, b, a, frame, 0.5, -0.3, prunable)
+    assert torch.allclose(below['module.fc.bias'], 0.5 * (p['module.fc.bias'] + b['module.fc.bias']), atol=1e-6)
+
+
+def test_plane_slice_grid_and_anchors_match_pointwise_evaluation(digits_loaders, tiny_model_fn):
+    from composer_imp.connectivity import PlaneFrame, plane_point, plane_slice
     from composer_imp.evaluate import evaluate
     model = tiny_model_fn()
-    o = {k: v.clone() for k, v in model.state_dict().items()}
-    torch.manual_seed(1)
-    u = {k: (v + 0.2 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in o.items()}
-    v_ = {k: (v + 0.2 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in o.items()}
+    a, p, b, mask = _plane_networks(model)
     batches = list(digits_loaders[1])
-    prunable = {'module.conv.weight', 'module.fc.weight'}
-    sl = plane_slice(model, o, u, v_, batches, prunable, grid=3, span=(-0.5, 1.5), chunk=4)
-    assert sl['alphas'] == [-0.5, 0.5, 1.5]
-    single = evaluate(model, [plane_point(o, u, v_, 1.5, -0.5, prunable)], batches)[0]['error']
-    assert sl['errors'][0][2] == single  # errors[beta][alpha]
+    sl = plane_slice(model, a, p, b, batches, set(mask), grid=3, chunk=4)
+    frame = PlaneFrame.of(a, p, b, set(mask))
+    assert sl['xs'][0] < min(0, frame.a_x) and sl['xs'][-1] > max(1, frame.a_x) and sl['ys'][0] < 0 < frame.a_y < sl['ys'][-1]
+    single = evaluate(model, [plane_point(p, b, a, frame, sl['xs'][2], sl['ys'][0], set(mask))], batches)[0]['error']
+    assert sl['errors'][0][2] == single  # errors[j][i] at (xs[i], ys[j])
+    own = [r['error'] for r in evaluate(model, [a, p, b], batches)]  # the three networks' own errors, exactly
+    assert [sl['anchors'][k]['error'] for k in ('w_L', 'projection', 'next')] == own
+    assert (sl['anchors']['projection']['x'], sl['anchors']['next']['x']) == (0.0, 1.0)
 
 
 def test_killed_analysis_resumes_from_its_cache_and_never_replaces_other_settings_silently(tmp_path, yaml_run):
@@ -191,7 +217,7 @@ def test_killed_analysis_resumes_from_its_cache_and_never_replaces_other_setting
     log = tmp_path.parent / f'{tmp_path.name}-analyze.log'
     with open(log, 'w') as err:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
-    first_plane = tmp_path / 'analysis' / 'cache' / 'plane_00_11.json'
+    first_plane = tmp_path / 'analysis' / 'cache' / 'slice_00_11.json'
     deadline = time.time() + 300
     while not first_plane.exists():
         assert proc.poll() is None and time.time() < deadline, f'the analysis ended before the kill point: {log.read_text()[-2000:]}'
@@ -202,7 +228,10 @@ def test_killed_analysis_resumes_from_its_cache_and_never_replaces_other_setting
 
     resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert 'reused 7 finished evaluation(s)' in resumed.stderr, resumed.stderr  # 3 levels, 3 paths, the first plane
+    # Killed once the first plane was cached: at least 3 levels, 3 paths and that plane are reused, not all 12
+    # evaluations (2 planes, 2 projection paths and 2 training-loss entries of the LCS-set follow).
+    reused = int(re.search(r'reused (\d+) finished evaluation', resumed.stderr).group(1))
+    assert 7 <= reused < 12, resumed.stderr
     assert 'analysis of 3 levels written to' in resumed.stderr, resumed.stderr  # the command's own summary line
     text = (tmp_path / 'analysis' / 'analysis.json').read_text()
     shutil.rmtree(tmp_path / 'analysis')
@@ -214,7 +243,7 @@ def test_killed_analysis_resumes_from_its_cache_and_never_replaces_other_setting
     assert changed.returncode == 2 and 'tolerance: 0.01 -> 0.02' in changed.stderr and '--overwrite' in changed.stderr
     assert (tmp_path / 'analysis' / 'analysis.json').read_text() == text
     replaced = subprocess.run(cmd + ['--tolerance', '0.02', '--overwrite'], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert replaced.returncode == 0 and 'reused 8' in replaced.stderr, replaced.stderr[-2000:]  # all 8 evaluations are tolerance-independent
+    assert replaced.returncode == 0 and 'reused 12' in replaced.stderr, replaced.stderr[-2000:]  # none depends on it
     assert json.loads((tmp_path / 'analysis' / 'analysis.json').read_text())['tolerance'] == 0.02
 
 

@@ -143,7 +143,7 @@ def test_user_recipe_gets_imp_with_all_outputs(tmp_path, user_loaders, caplog):
     with pytest.raises(ValueError, match=r'changed keys: imp.ratio \(0.2 -> 0.5\)'):
         find_ticket(_user_recipe(user_loaders, lambda: IMP(ratio=0.5, rewind='5ba')), str(tmp_path), levels=4, seed=5)
     with pytest.raises(ValueError, match=r"imp.name \('IMP' -> 'AdaptiveIMP'\)"):
-        find_ticket(_user_recipe(user_loaders, lambda: AdaptiveIMP(ratio=0.2, rewind='5ba', subsample=100)),
+        find_ticket(_user_recipe(user_loaders, lambda: AdaptiveIMP(ratio=0.2, rewind='5ba', subsample=100, epsilon='eval')),
                     str(tmp_path), levels=4, seed=5)
     with pytest.raises(ValueError, match=r'seed \(5 -> 6\)'):
         find_ticket(make_trainer, str(tmp_path), levels=4, seed=6)
