@@ -1,6 +1,8 @@
 """The analysis command: the error landscape of a finished IMP run made from a YAML recipe.
 
     python -m composer_imp.analyze SAVE_FOLDER [--betas 0,0.1,...,1] [--tolerance 0.01] [--recalibrate-bn] [--planes 21]
+    python -m composer_imp.analyze SAVE_FOLDER --instability     # Appendix D: two dense copies from w_τ
+    python -m composer_imp.analyze SAVE_FOLDER --perturbation    # Appendix D: w_τ perturbed by the level-1 distance
 
 Rebuilds the run's recipe from ``SAVE_FOLDER/config.yaml`` (the one place outside ``run.py`` that does), takes
 the model as the recipe's Trainer holds it, and runs :func:`composer_imp.analysis.analyze_run` — or
@@ -24,6 +26,7 @@ from composer_imp.config import config_from_dict
 from composer_imp.connectivity import DEFAULT_BETAS
 from composer_imp.recipes import build_recipe
 from composer_imp.replicates import analyze_replicates
+from composer_imp.stability import instability, perturbation
 
 __all__ = ['main']
 
@@ -41,6 +44,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--planes', type=int, default=0, metavar='N',
                         help='also N x N error slices of the plane through w_L, its projection and w_L+1 (paper: 51)')
     parser.add_argument('--overwrite', action='store_true', help='replace an analysis.json made with other settings')
+    parser.add_argument('--instability', action='store_true',
+                        help='Appendix D: train two dense copies from the rewind point with other data orders; barrier')
+    parser.add_argument('--perturbation', action='store_true',
+                        help='Appendix D: train from w_τ perturbed by the level-1 projection distance; connectivity to w_0')
     args = parser.parse_args(argv)
     logging.basicConfig(format='[composer-imp] %(message)s')
     logging.getLogger('composer_imp').setLevel(logging.INFO)
@@ -53,6 +60,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                     'save_folder of a run made by run.py).')
         recipe = build_recipe(config_from_dict(OmegaConf.to_container(OmegaConf.load(RunFolder(run).config),
                                                                       resolve=True)))
+        if args.instability or args.perturbation:
+            tolerance = 0.01 if args.tolerance is None else args.tolerance
+            for run_experiment, wanted in ((instability, args.instability), (perturbation, args.perturbation)):
+                if wanted:
+                    result = run_experiment(recipe.make_trainer, args.save_folder, betas=betas, tolerance=tolerance)
+                    log.info('%s written to %s', result['experiment'], os.path.join(args.save_folder, 'stability'))
+            return 0
         settings = LandscapeSettings(betas, args.tolerance, args.recalibrate_bn, not args.no_pairwise, args.planes)
         options = (recipe.analysis_model(), recipe.eval_dataloader, recipe.sweep_data, settings, args.overwrite)
         if replicated:

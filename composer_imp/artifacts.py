@@ -28,6 +28,7 @@ import warnings
 from typing import Any, Optional
 
 import torch
+from omegaconf import OmegaConf
 
 from composer_imp.masks import load_mask
 
@@ -163,6 +164,10 @@ class RunFolder:
             done.append(level)
             level += 1
         return done
+
+    def recorded_seed(self) -> int:
+        """The seed the run in this folder was made with (``config.yaml``)."""
+        return int(OmegaConf.load(self.config).get('seed', 17))
 
     def read_row(self, level: int) -> dict:
         with open(self.level_json(level)) as f:

@@ -24,7 +24,6 @@ from typing import Mapping, Sequence
 
 import torch
 from composer.utils import dist
-from omegaconf import OmegaConf
 
 from composer_imp.artifacts import RunFolder, atomic_write_text
 from composer_imp.level_loop import (MakeTrainer, build_level_trainer, fit_level, imp_trainer_args, log_rank0,
@@ -78,7 +77,7 @@ def run_control(make_trainer: MakeTrainer, save_folder: str, level: int, kind: s
         return done
     ticket = on_rank0(lambda: load_mask(folder.mask(level)))
     dense = on_rank0(lambda: folder.read_row(0))
-    run_seed = int(on_rank0(lambda: _recorded_seed(folder)))
+    run_seed = int(on_rank0(folder.recorded_seed))
     mask = random_mask_like(ticket, seed) if kind == 'random_mask' else ticket
     fresh = None
     if kind == 'reinit':
@@ -103,10 +102,6 @@ def run_control(make_trainer: MakeTrainer, save_folder: str, level: int, kind: s
         atomic_write_text(json.dumps(row, indent=2), path)
     dist.barrier()
     return row
-
-
-def _recorded_seed(folder: RunFolder) -> int:
-    return OmegaConf.load(folder.config).get('seed', 17)
 
 
 def run_controls(make_trainer: MakeTrainer, save_folder: str, levels: Sequence[int], kinds: Sequence[str],

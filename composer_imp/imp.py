@@ -162,11 +162,12 @@ class IMP(Algorithm):
         return self.ratio, None
 
     # ---- set by the level loop ---------------------------------------------------------------
-    def start_level(self, level: int, mask: Mask, rewind_path: str) -> None:
-        """Bind this level's mask (``level ≥ 1``) or the rewind point's path (level 0) before ``fit``."""
+    def start_level(self, level: int, mask: Mask, rewind_path: Optional[str]) -> None:
+        """Bind this level's mask (``level ≥ 1``) or, at level 0, where to save the rewind point (``None``: a dense
+        branch over a finished run, which saves none) before ``fit``."""
         self.level, self.mask = level, mask
         self._keep = KeepMask(mask) if level > 0 else None
-        self._rewind_saver = RewindCheckpoint(self.rewind, rewind_path) if level == 0 else None
+        self._rewind_saver = RewindCheckpoint(self.rewind, rewind_path) if level == 0 and rewind_path else None
         self._guard = LossGuard(level)
         loaded = self._loaded or {}
         if loaded.get('level') == level and loaded.get('mask') is not None:

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from composer_imp.artifacts import RunFolder, atomic_write_text  # noqa: E402
 
-__all__ = ['plot_accuracy_vs_compute', 'plot_landscape_report', 'plot_replicates']
+__all__ = ['plot_accuracy_vs_compute', 'plot_landscape_report', 'plot_replicates', 'plot_stability']
 
 
 def plot_accuracy_vs_compute(runs: Mapping[str, Sequence[dict]], path: str) -> str:
@@ -199,6 +199,35 @@ def _pairwise_figure(pairwise: dict, threshold: float, tol: float, path: str, ti
     ax_max.set_title(f'Max error on the path (darkest: ≤ matching threshold {100 * threshold:.2f}%)', fontsize=10)
     ax_bar.set_title(f'Error barrier (tolerance {100 * tol:.2f} points)', fontsize=10)
     fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_stability(result: dict, path: str) -> str:
+    """The error along the linear paths of an Appendix D experiment (:mod:`composer_imp.stability`)."""
+    if result['experiment'] == 'instability':
+        seeds = result['data_seeds']
+        curves = [(f'dense copies from w_τ, data orders {seeds[0]} and {seeds[1]}', result['path'], 'tab:blue')]
+        title = f'Instability of the dense network at τ = {result["tau"]} (barrier {100 * result["barrier"]:.2f} points)'
+        xlabel = 'β on the line between the two copies'
+    else:
+        curves = [(f'w_0 → dense from w_τ + perturbation (norm {result["norm"]:.3g})', result['perturbed'], 'tab:red'),
+                  ('w_0 → w_1 (level 1)', result['level_1'], 'tab:green')]
+        title = 'Perturbing w_τ by the level-1 projection\'s distance'
+        xlabel = 'β on the line from the level-0 solution'
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, curve, color in curves:
+        ax.plot(curve['betas'], [100 * e for e in curve['errors']], marker='o', color=color,
+                label=f'{label}: barrier {100 * curve["barrier"]:.2f} pts')
+    start = curves[0][1]['errors'][0]
+    ax.axhline(100 * (start + result['tolerance']), color='black', ls=':', label=f'start + tolerance ({100 * result["tolerance"]:g} pts)')
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel('test error (%)')
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
