@@ -90,7 +90,7 @@ class AdaptiveIMP(IMP):
                  scope: str = 'global', ratios: Sequence[float] = DEFAULT_RATIOS,
                  path_points: Sequence[float] = (0.25, 0.5, 0.75, 1.0), subsample: int = 1024, batch_size: int = 512,
                  baseline: str = 'eval', epsilon: str = 'train', recalibrate_bn: bool = True, reference: str = 'dense',
-                 land_on_target: bool = True, search: str = 'exhaustive', sweep_data: Any = None):
+                 land_on_target: bool = False, search: str = 'exhaustive', sweep_data: Any = None):
         super().__init__(ratio, rewind, ignore, scope)
         ratios, path_points = list(ratios), list(path_points)
         if not ratios:

@@ -91,8 +91,7 @@ def run_control(make_trainer: MakeTrainer, save_folder: str, level: int, kind: s
         model.load_state_dict(fresh)
     elif kind == 'shuffle':
         shuffle_kept_weights(model, mask, seed)
-    tau = imp.tau(int(trainer.state.dataloader_len.value) if trainer.state.dataloader_len is not None else None)
-    result = fit_level(trainer, imp, level, mask, folder.rewind, tau)
+    result = fit_level(trainer, imp, level, mask, folder.rewind, imp.rewind_step(trainer.state))
     row = {'level': level, 'kind': kind, 'seed': seed, 'accuracy': result.row['accuracy'], 'loss': result.row['loss'],
            'eval': result.row['eval'], 'weights_remaining': result.row['weights_remaining'],
            'nonzero': _nonzero(result.weights, mask), 'mask_kept': {k: int(m.sum()) for k, m in mask.items()},

@@ -140,6 +140,10 @@ class IMP(Algorithm):
         """τ in optimizer steps."""
         return rewind_batches(self.rewind, batches_per_epoch or 0)
 
+    def rewind_step(self, state: State) -> int:
+        """τ in optimizer steps of the Trainer holding ``state`` (epochs counted with its training loader)."""
+        return self.tau(int(state.dataloader_len.value) if state.dataloader_len is not None else None)
+
     def check(self, state: State) -> None:
         """Refuse, before any training, what cannot train under a mask (called by the level loop at level 0)."""
         for algorithm in state.algorithms:

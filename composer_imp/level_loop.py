@@ -253,7 +253,7 @@ class _Run:
         start = time.perf_counter()
         state = trainer.state
         per_epoch = int(state.dataloader_len.value) if state.dataloader_len is not None else None
-        tau = imp.tau(per_epoch)
+        tau = imp.rewind_step(state)
         if level == 0:
             total = _total_batches(state.max_duration, per_epoch)
             if total is not None and tau >= total:
@@ -269,7 +269,7 @@ class _Run:
                 atomic_torch_save(mask, self.folder.mask(level))  # before training: a resumed level reuses it
                 atomic_write_text(json.dumps({'ratio': ratio, 'sweep': sweep}, indent=2), self.folder.selection(level))
         dist.barrier()
-        if level > 0 and tau == 0:
+        if level > 0 and tau == 0 and int(state.timestamp.batch) == 0:  # not when autoresumed mid-level
             # At step 0 the dense run's optimizer had no state; what the checkpoint holds is an artifact of saving.
             for optimizer in state.optimizers:
                 optimizer.state.clear()

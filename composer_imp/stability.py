@@ -49,10 +49,8 @@ def _dense_branch(make_trainer: MakeTrainer, folder: RunFolder, name: str, data_
     if on_rank0(lambda: os.path.isfile(path)):
         trainer.close()
         return on_rank0(lambda: torch.load(path, map_location='cpu', weights_only=True)), model, loader
-    state = trainer.state
-    tau = imp.tau(int(state.dataloader_len.value) if state.dataloader_len is not None else None)
     # Level 0 semantics (dense, no mask kept) without saving a rewind point: the run's own stays untouched.
-    result = fit_level(trainer, imp, 0, full_mask(model, imp.ignore), None, tau)
+    result = fit_level(trainer, imp, 0, full_mask(model, imp.ignore), None, imp.rewind_step(trainer.state))
     if dist.get_global_rank() == 0:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_torch_save(result.weights, path)
