@@ -206,6 +206,7 @@ def test_plane_slice_grid_and_anchors_match_pointwise_evaluation(digits_loaders,
     assert (sl['anchors']['projection']['x'], sl['anchors']['next']['x']) == (0.0, 1.0)
 
 
+@pytest.mark.slow
 def test_killed_analysis_resumes_from_its_cache_and_never_replaces_other_settings_silently(tmp_path, yaml_run):
     import signal
     import subprocess
@@ -247,6 +248,7 @@ def test_killed_analysis_resumes_from_its_cache_and_never_replaces_other_setting
     assert json.loads((tmp_path / 'analysis' / 'analysis.json').read_text())['tolerance'] == 0.02
 
 
+@pytest.mark.slow
 def test_replicates_train_one_run_per_seed_and_define_matching_by_the_dense_spread(tmp_path, capsys, caplog):
     import statistics
     import run

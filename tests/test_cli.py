@@ -19,6 +19,7 @@ def _run(args, **kw):
                           cwd=ROOT, timeout=600, **kw)
 
 
+@pytest.mark.slow
 def test_tiny_imp_run_from_yaml_writes_every_output(tmp_path):
     out = tmp_path / 'run'
     proc = _run(['-f', QUICK, f'save_folder={out}', *TINY])
@@ -46,6 +47,7 @@ def test_tiny_imp_run_from_yaml_writes_every_output(tmp_path):
     assert (out / 'rewind' / 'rewind.pt').is_file()
 
 
+@pytest.mark.slow
 def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     proc = _run(['-f', QUICK, f'save_folder={tmp_path}', 'algorithms.IMP.ratoi=0.3'])
     assert proc.returncode == 2

@@ -14,6 +14,8 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # real run.py subprocesses, SIGKILL: `-m 'not slow'` skips them
+
 QUICK = os.path.join(ROOT, 'yamls', 'quickstart.yaml')
 TINY = {'max_duration': '2ep', 'eval_interval': '2ep', 'progress_bar': False, 'analysis': {'enabled': False}}
 

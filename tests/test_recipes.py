@@ -52,6 +52,7 @@ def test_every_recipe_yaml_is_a_valid_config(path):
     assert [n for n in IMP_NAMES if n in cfg.algorithms] == ['IMP'] and 0 < cfg.algorithms.IMP.ratio < 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('recipe, classes', [('cifar10_resnet20_imp.yaml', 10), ('cifar100_resnet18_imp.yaml', 100)])
 def test_cifar_recipe_runs_on_cifar_files(recipe, classes, tmp_path, capsys):
     import run
@@ -74,6 +75,7 @@ def test_cifar_missing_folder_and_foreign_pickles_are_refused(tmp_path):
         build_datasets('cifar10', data_root=str(tmp_path))
 
 
+@pytest.mark.slow
 def test_r50_recipe_runs_on_an_imagefolder_tree(tmp_path, capsys):
     import run
     _write_imagefolder(tmp_path / 'imagenet', per_class=4, size=(64, 80))

@@ -14,6 +14,8 @@ from composer import Callback
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # real run.py subprocesses, SIGKILL: `-m 'not slow'` skips them
+
 QUICK = os.path.join(ROOT, 'yamls', 'quickstart.yaml')
 SMALL = ['levels=2', 'max_duration=3ep', 'eval_interval=3ep', 'model.width=4', 'checkpoint_interval=10ba',
          'progress_bar=false']
