@@ -71,7 +71,7 @@ class LandscapeSettings:
 
     def record(self, tolerance: Optional[float]) -> dict:
         """The settings as ``analysis.json`` records them (with the tolerance actually used)."""
-        return {'tolerance': tolerance, 'betas': [float(b) for b in self.betas], 'recalibrate_bn': self.recalibrate_bn,
+        return {'tolerance': tolerance, 'betas': sorted(set(float(b) for b in self.betas)), 'recalibrate_bn': self.recalibrate_bn,
                 'pairwise': self.pairwise, 'plane_grid': self.planes}
 
 
@@ -130,7 +130,8 @@ def analyze_run(save_folder: str, model: torch.nn.Module, eval_dataloader: Any, 
     and ``w_{L+1}`` (Figure 3).
     """
     settings = settings or LandscapeSettings()
-    betas, recalibrate_bn, pairwise, planes = settings.betas, settings.recalibrate_bn, settings.pairwise, settings.planes
+    betas = sorted(set(float(b) for b in settings.betas))  # paths run from their first network (β = 0) on
+    recalibrate_bn, pairwise, planes = settings.recalibrate_bn, settings.pairwise, settings.planes
     folder = RunFolder(save_folder)
     if not os.path.isfile(folder.config):
         raise FileNotFoundError(f'{folder.root} is not an IMP run: {folder.config} is missing '

@@ -169,6 +169,10 @@ class RunFolder:
         """The seed the run in this folder was made with (``config.yaml``)."""
         return int(OmegaConf.load(self.config).get('seed', 17))
 
+    def recorded_data_seed(self) -> int:
+        """The data-order seed the run was made with (a replicate's index; 0 for a single run)."""
+        return int(OmegaConf.load(self.config).get('data_seed', 0))
+
     def read_row(self, level: int) -> dict:
         with open(self.level_json(level)) as f:
             return json.load(f)
@@ -196,7 +200,7 @@ class RunFolder:
         """Remove every artifact this layout defines (used only when the user asks to start over)."""
         for name in os.listdir(self.root) if os.path.isdir(self.root) else []:
             path = os.path.join(self.root, name)
-            if name.startswith('level_') or name in ('rewind', 'analysis'):
+            if name.startswith('level_') or name in ('rewind', 'analysis', 'stability'):
                 shutil.rmtree(path)
             elif name in ('summary.json', 'config.yaml'):
                 os.remove(path)

@@ -9,7 +9,8 @@ For a finished level L with mask ``m_L``, each control builds the level's Traine
 * ``shuffle``: ``w_τ`` with the *kept* weights of each layer permuted among the kept positions (same
   per-layer values and mask, their placement destroyed).
 
-Each result goes to ``level_XX/controls/KIND.json`` with the per-layer non-zero counts the control trained with
+Each result goes to ``level_XX/controls/KIND.json`` with the per-layer non-zero counts the control started training
+with (after the mask is applied)
 (resumable: finished controls are skipped). Controls read the run folder and write only under ``controls/``.
 
 Example:
@@ -60,10 +61,6 @@ def shuffle_kept_weights(model: torch.nn.Module, mask: Mapping[str, torch.Tensor
         p.copy_(flat.view(p.shape))
 
 
-def _nonzero(weights: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    return {name: int((weights[name] != 0).sum()) for name in mask}
-
-
 def run_control(make_trainer: MakeTrainer, save_folder: str, level: int, kind: str, seed: int = 0) -> dict:
     """Train control ``kind`` for finished ``level`` of the run in ``save_folder``; returns (and writes) its row."""
     if kind not in CONTROLS:
@@ -77,7 +74,7 @@ def run_control(make_trainer: MakeTrainer, save_folder: str, level: int, kind: s
         return done
     ticket = on_rank0(lambda: load_mask(folder.mask(level)))
     dense = on_rank0(lambda: folder.read_row(0))
-    run_seed = int(on_rank0(folder.recorded_seed))
+    run_seed, data_seed = on_rank0(lambda: (folder.recorded_seed(), folder.recorded_data_seed()))
     mask = random_mask_like(ticket, seed) if kind == 'random_mask' else ticket
     fresh = None
     if kind == 'reinit':
@@ -85,7 +82,8 @@ def run_control(make_trainer: MakeTrainer, save_folder: str, level: int, kind: s
         trainer, _ = build_level_trainer(make_trainer, 0, run_seed + _REINIT_SEED_OFFSET + seed, {})
         fresh = {k: v.detach().clone() for k, v in unwrap_model(trainer.state.model).state_dict().items()}
         trainer.close()
-    trainer, imp = build_level_trainer(make_trainer, level, run_seed, imp_trainer_args(folder, level, None, 'control'))
+    trainer, imp = build_level_trainer(make_trainer, level, run_seed, imp_trainer_args(folder, level, None, 'control'),
+                                       data_seed)  # the ticket's own data order (a replicate's, in a replicate)
     model = unwrap_model(trainer.state.model)
     if fresh is not None:
         model.load_state_dict(fresh)
@@ -94,7 +92,7 @@ def run_control(make_trainer: MakeTrainer, save_folder: str, level: int, kind: s
     result = fit_level(trainer, imp, level, mask, folder.rewind, imp.rewind_step(trainer.state))
     row = {'level': level, 'kind': kind, 'seed': seed, 'accuracy': result.row['accuracy'], 'loss': result.row['loss'],
            'eval': result.row['eval'], 'weights_remaining': result.row['weights_remaining'],
-           'nonzero': _nonzero(result.weights, mask), 'mask_kept': {k: int(m.sum()) for k, m in mask.items()},
+           'nonzero': result.row['nonzero_at_start'], 'mask_kept': {k: int(m.sum()) for k, m in mask.items()},
            'dense_accuracy': dense.get('accuracy')}
     if dist.get_global_rank() == 0:
         os.makedirs(os.path.dirname(path), exist_ok=True)

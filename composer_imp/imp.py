@@ -53,6 +53,10 @@ INCOMPATIBLE_ALGORITHMS = {
     'WeightStandardization': 'a standardized zero is not zero: the forward pass uses (W - mean) / std, so pruned '
                              'weights still contribute',
     'SAM': 'it moves every weight, pruned ones included, away from zero inside each step, and does not resume exactly',
+    'RandAugment': 'it adds its transform to the training dataset each time a Trainer is built, so with loaders reused '
+                   'across levels the augmentation would stack; put RandAugmentTransform in your dataset\'s transform',
+    'AugMix': 'it adds its transform to the training dataset each time a Trainer is built, so with loaders reused '
+              'across levels the augmentation would stack; put AugmentAndMixTransform in your dataset\'s transform',
 }
 
 
@@ -126,6 +130,7 @@ class IMP(Algorithm):
         self._rewind_saver: Optional[RewindCheckpoint] = None
         self._guard = LossGuard()
         self._loaded: Optional[dict] = None  # the state a checkpoint brought, checked once the level is known
+        self.nonzero_at_start: Optional[dict[str, int]] = None
 
     def settings(self) -> dict[str, Any]:
         """What defines the run (recorded in ``config.yaml``; a resumed run must have the same)."""
@@ -190,6 +195,9 @@ class IMP(Algorithm):
             return
         if self._keep is not None and self._keep.match(event, state):
             self._keep.apply(event, state, logger)
+        if event == Event.FIT_START:  # what this level actually starts from, after the mask is applied
+            params = dict(unwrap_model(state.model).named_parameters())
+            self.nonzero_at_start = {k: int(torch.count_nonzero(params[k])) for k in self.mask}
         if self._rewind_saver is not None:
             self._rewind_saver.run_event(event, state, logger)
         self.statistics.run_event(event, state, logger)

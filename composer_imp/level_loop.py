@@ -160,11 +160,21 @@ def fit_level(trainer: Trainer, imp: IMP, level: int, mask: Mask, rewind_path: s
     level's accuracy and loss (default: the first accuracy metric and the first cross-entropy/loss metric).
     """
     start = time.perf_counter()
-    imp.start_level(level, mask, rewind_path)
-    loaded_at = int(trainer.state.timestamp.batch)  # > τ when Composer autoresumed an interrupted level
-    trainer.fit()
-    fit_seconds = time.perf_counter() - start
     state = trainer.state
+    imp.start_level(level, mask, rewind_path)
+    loaded_at = int(state.timestamp.batch)  # > τ when Composer autoresumed an interrupted level
+    if state.load_path is not None and start_step == 0 and loaded_at == 0:
+        # A rewind point at step 0: the dense run's optimizer had no state yet; what the checkpoint holds is an
+        # artifact of saving it (torch fills momentum with weight_decay * w). Every branch starts like level 0 did.
+        for optimizer in state.optimizers:
+            optimizer.state.clear()
+    end = state.max_duration
+    if end is not None and state.timestamp.get(end.unit) >= end:
+        # Autoresumed from the level's last checkpoint: it finished training before its files were written.
+        trainer.eval()
+    else:
+        trainer.fit()
+    fit_seconds = time.perf_counter() - start
     accuracy = _metric(state, metric, _ACCURACY, 'metric')
     loss = _metric(state, loss_metric, (CrossEntropy, LossMetric), 'loss_metric')
     weights = {k: v.detach().cpu().clone() for k, v in unwrap_model(state.model).state_dict().items()}
@@ -176,7 +186,7 @@ def fit_level(trainer: Trainer, imp: IMP, level: int, mask: Mask, rewind_path: s
         'eval': {k: float(v) for k, v in state.eval_metric_values.items()},
         'steps': steps, 'start_step': start_step,
         'resumed_from_step': loaded_at if loaded_at != start_step else None,
-        'fit_seconds': fit_seconds, **imp.statistics.result(),
+        'fit_seconds': fit_seconds, 'nonzero_at_start': imp.nonzero_at_start, **imp.statistics.result(),
     }
     chance = _chance_accuracy(state)
     row['collapsed'] = bool(accuracy is not None and chance is not None and accuracy <= 1.5 * chance)
@@ -212,6 +222,7 @@ class _Run:
         return OmegaConf.to_container(OmegaConf.create({
             **self.user_config, 'save_folder': self.folder.root, 'imp': imp.settings(), 'levels': self.levels,
             'target_sparsity': self.target, 'checkpoint_interval': self.checkpoint_interval, 'seed': self.seed,
+            'data_seed': self.data_seed,
         }), resolve=True)
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -269,10 +280,6 @@ class _Run:
                 atomic_torch_save(mask, self.folder.mask(level))  # before training: a resumed level reuses it
                 atomic_write_text(json.dumps({'ratio': ratio, 'sweep': sweep}, indent=2), self.folder.selection(level))
         dist.barrier()
-        if level > 0 and tau == 0 and int(state.timestamp.batch) == 0:  # not when autoresumed mid-level
-            # At step 0 the dense run's optimizer had no state; what the checkpoint holds is an artifact of saving.
-            for optimizer in state.optimizers:
-                optimizer.state.clear()
         result = fit_level(trainer, imp, level, mask, self.folder.rewind, 0 if level == 0 else tau,
                            self.metric, self.loss_metric)
         row = {**result.row, 'ratio': ratio, 'sweep': sweep}

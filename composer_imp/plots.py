@@ -111,7 +111,7 @@ def plot_landscape_report(analysis: dict, out: str) -> list[str]:
         for ax, plane in zip(axes.flat, planes):
             # The paper's Figure 3: orthogonal axes, the projection and w_L+1 at fixed places on the axial line,
             # the orthogonal direction drawn twice as long for visibility.
-            ys = [2 * y for y in plane['ys']]
+            ys = plane['ys']
             grid = np.array(plane['errors']) * 100
             mesh = ax.contourf(plane['xs'], ys, grid, levels=20, cmap='viridis')
             ax.contour(plane['xs'], ys, grid, levels=[100 * (dense + tol)], colors='black', linestyles=':')
@@ -120,11 +120,12 @@ def plot_landscape_report(analysis: dict, out: str) -> list[str]:
             for key, marker, color, name in (('w_L', '^', 'grey', f'w_{plane["level"]}'),
                                              ('projection', 'x', 'orange', 'projection'),
                                              ('next', '^', 'orange', f'w_{plane["level"] + 1}')):
-                ax.plot([anchor[key]['x']], [2 * anchor[key]['y']], marker=marker, color=color, ms=10, mew=3, ls='',
+                ax.plot([anchor[key]['x']], [anchor[key]['y']], marker=marker, color=color, ms=10, mew=3, ls='',
                         mec='black' if marker == '^' else color, label=f'{name}: {100 * anchor[key]["error"]:.2f}%')
             ax.set_title(f'level {plane["level"]} → {plane["level"] + 1}')
             ax.set_xlabel('along the axial subspace (|w_L+1 − projection| = 1)')
-            ax.set_ylabel('orthogonal, towards w_L (× 2)')
+            ax.set_ylabel('orthogonal, towards w_L (drawn × 2)')
+            ax.set_aspect(2, adjustable='box')
             fig.colorbar(mesh, ax=ax, label='test error (%)')
             ax.legend(fontsize=7, loc='upper right')
         fig.suptitle('Error on the plane through w_L, its projection and w_L+1 (dotted: matching error)')

@@ -64,7 +64,7 @@ class RewindCheckpoint(Callback):
 
     def fit_start(self, state: State, logger: Logger) -> None:
         self.tau = rewind_batches(self.rewind, state.dataloader_len.value if state.dataloader_len is not None else 0)
-        if self.tau > 0 and self.rewind.unit == TimeUnit.EPOCH and state.dataloader_len is None:
+        if self.rewind.value > 0 and self.rewind.unit == TimeUnit.EPOCH and state.dataloader_len is None:
             raise ValueError('rewind in epochs needs a train dataloader with a length; give it in batches.')
         if int(state.timestamp.batch) > self.tau and os.path.isfile(self.path):
             self.saved = True  # autoresumed past τ: the rewind point was written before the interruption

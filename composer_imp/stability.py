@@ -41,8 +41,9 @@ def _dense_branch(make_trainer: MakeTrainer, folder: RunFolder, name: str, data_
     of ``data_seed``; returns (its weights, the model as the Trainer held it, the Trainer's eval loader). A copy
     trained before is reused."""
     path = os.path.join(folder.root, 'stability', name, 'weights.pt')
-    trainer, imp = build_level_trainer(make_trainer, 1, folder.recorded_seed(),
-                                       imp_trainer_args(folder, 1, None, f'stability-{name}'), data_seed)
+    seed = on_rank0(folder.recorded_seed)
+    trainer, imp = build_level_trainer(make_trainer, 1, seed, imp_trainer_args(folder, 1, None, f'stability-{name}'),
+                                       data_seed)
     model = unwrap_model(trainer.state.model)
     loader = trainer.state.evaluators[0].dataloader.dataloader
     change(model)  # also on a re-run: it may record what it measures of w_τ (the perturbation's norm)
@@ -82,9 +83,12 @@ def instability(make_trainer: MakeTrainer, save_folder: str, data_seeds: Sequenc
     """
     folder = RunFolder(save_folder)
     _check(folder, 0)
-    if len(data_seeds) != 2 or len(set(data_seeds)) != 2:
-        raise ValueError(f'instability needs two different data seeds; got {list(data_seeds)}.')
-    copies = [_dense_branch(make_trainer, folder, f'copy_seed{s}', s) for s in data_seeds]
+    if len(data_seeds) != 2 or len(set(data_seeds)) != 2 or 0 in data_seeds:
+        raise ValueError(f'instability needs two different, non-zero data seeds (offsets from the run\'s own order); '
+                         f'got {list(data_seeds)}.')
+    own = on_rank0(folder.recorded_data_seed)  # a replicate's copies draw orders other than its own
+    betas = sorted(set(float(b) for b in betas))
+    copies = [_dense_branch(make_trainer, folder, f'copy_seed{s}', own + s) for s in data_seeds]
     (a, model, loader), (b, _, _) = copies
     path = linear_path(model, a, b, loader, betas)
     return _write(folder, 'instability', {
@@ -118,7 +122,9 @@ def perturbation(make_trainer: MakeTrainer, save_folder: str, seed: int = 0, bet
                 params[k].add_((scale * d).to(params[k].device, params[k].dtype))
         norm.append(float(distance))
 
-    perturbed, model, loader = _dense_branch(make_trainer, folder, f'perturbed_seed{seed}', 0, perturb)
+    betas = sorted(set(float(b) for b in betas))
+    perturbed, model, loader = _dense_branch(make_trainer, folder, f'perturbed_seed{seed}',
+                                             on_rank0(folder.recorded_data_seed), perturb)
     dense, level1 = on_rank0(lambda: (folder.load_weights(0), folder.load_weights(1)))
     to_perturbed = linear_path(model, dense, perturbed, loader, betas)
     to_level1 = linear_path(model, dense, level1, loader, betas)

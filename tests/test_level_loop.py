@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from composer import Trainer
+from composer import Callback, Trainer
 from composer.algorithms import LabelSmoothing
 from composer.loggers import InMemoryLogger
 from composer.models import ComposerClassifier
@@ -363,3 +363,62 @@ def test_shuffle_permutes_kept_weights_within_each_layer(tiny_model_fn):
     again.load_state_dict({**again.state_dict(), **{n: before[n] for n in before}})
     shuffle_kept_weights(again, mask, seed=3)
     assert all(torch.equal(p, after[n]) for n, p in again.named_parameters()), 'same seed, same permutation'
+
+
+# ---- review fixes: resume at a level's end, tau = 0 branches, replicate data orders ----------------------------
+
+class _FirstBatch(Callback):
+    """Records, per fit, the optimizer state size and the first labels at its first batch; can fail once at FIT_END."""
+
+    def __init__(self):
+        self.seen, self.fail, self.pending = [], None, False
+
+    def fit_start(self, state, logger):
+        self.pending = True
+
+    def batch_start(self, state, logger):
+        if self.pending:
+            self.seen.append({'optimizer_state': sum(len(o.state) for o in state.optimizers),
+                              'labels': state.batch[1][:16].tolist()})
+            self.pending = False
+
+    def fit_end(self, state, logger):
+        if self.fail == 'now':
+            self.fail = None
+            raise RuntimeError("simulated crash after the level's last checkpoint")
+
+
+def test_a_level_killed_after_its_last_checkpoint_resumes(tmp_path, make_trainer_factory):
+    probe = _FirstBatch()
+    make_trainer = make_trainer_factory(imp=lambda: IMP(ratio=0.5, rewind='5ba'), max_duration='30ba',
+                                        extra=lambda level: {'callbacks': [probe], 'eval_interval': '30ba'})
+    find_ticket(make_trainer, str(tmp_path), levels=0, checkpoint_interval='10ba')
+    probe.fail = 'now'  # level 1 saves its final checkpoint (step 30), then dies before its files are written
+    with pytest.raises(RuntimeError, match='simulated crash'):
+        find_ticket(make_trainer, str(tmp_path), levels=1, checkpoint_interval='10ba')
+    assert not (tmp_path / 'level_01' / 'level.json').exists()
+    assert any((tmp_path / 'level_01' / 'checkpoints').iterdir())
+    rows = find_ticket(make_trainer, str(tmp_path), levels=1, checkpoint_interval='10ba')
+    assert rows[1]['resumed_from_step'] == 30 and rows[1]['steps'] == 25  # not trained again: evaluated
+    assert rows[1]['accuracy'] is not None and rows[1]['accuracy'] > 0.3
+    assert not (tmp_path / 'level_01' / 'checkpoints').exists()
+
+
+def test_controls_at_tau_zero_start_without_optimizer_state_and_follow_the_replicate_order(tmp_path,
+                                                                                         make_trainer_factory):
+    from composer_imp.controls import run_control
+    probe = _FirstBatch()
+    make_trainer = make_trainer_factory(
+        imp=lambda: IMP(ratio=0.5, rewind='0ba'), max_duration='10ba',
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4),
+        extra=lambda level: {'callbacks': [probe]})
+    find_ticket(make_trainer, str(tmp_path), levels=1, replicates=2)
+    ticket = probe.seen[-1]  # replicate_01's level 1
+    run_control(make_trainer, str(tmp_path / 'replicate_01'), 1, 'random_mask')
+    control = probe.seen[-1]
+    # At τ = 0 every branch starts like the levels: no optimizer state (the rewind checkpoint's momentum is an
+    # artifact of saving at step 0), and a replicate's control draws that replicate's data order, not replicate 0's.
+    assert ticket['optimizer_state'] == control['optimizer_state'] == 0
+    assert control['labels'] == ticket['labels']
+    first_replicate = probe.seen[1]  # replicate_00's level 1
+    assert control['labels'] != first_replicate['labels']
