@@ -105,7 +105,7 @@ def plot_landscape_report(analysis: dict, out: str) -> list[str]:
         planes = analysis['planes']
         cols = min(4, len(planes))
         rows_n = (len(planes) + cols - 1) // cols
-        fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.8 * rows_n), squeeze=False)
+        fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 5.6 * rows_n), squeeze=False)
         for ax in axes.flat[len(planes):]:
             ax.axis('off')
         for ax, plane in zip(axes.flat, planes):
@@ -123,11 +123,11 @@ def plot_landscape_report(analysis: dict, out: str) -> list[str]:
                 ax.plot([anchor[key]['x']], [anchor[key]['y']], marker=marker, color=color, ms=10, mew=3, ls='',
                         mec='black' if marker == '^' else color, label=f'{name}: {100 * anchor[key]["error"]:.2f}%')
             ax.set_title(f'level {plane["level"]} → {plane["level"] + 1}')
-            ax.set_xlabel('along the axial subspace (|w_L+1 − projection| = 1)')
-            ax.set_ylabel('orthogonal, towards w_L (drawn × 2)')
+            ax.set_xlabel('along the axial line (|w_L+1 − projection| = 1)', fontsize=8)
+            ax.set_ylabel('orthogonal, towards w_L (drawn × 2)', fontsize=8)
             ax.set_aspect(2, adjustable='box')
             fig.colorbar(mesh, ax=ax, label='test error (%)')
-            ax.legend(fontsize=7, loc='upper right')
+            ax.legend(fontsize=6, loc='upper center', bbox_to_anchor=(0.5, -0.2), ncol=2)
         fig.suptitle('Error on the plane through w_L, its projection and w_L+1 (dotted: matching error)')
         paths.append(os.path.join(out, 'planes.png'))
         fig.tight_layout()
