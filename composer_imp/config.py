@@ -124,9 +124,10 @@ def _check_keys(user: dict, schema: type, prefix: str = '') -> None:
 def translate_imp_block(user: dict) -> dict:
     """The same settings with a deprecated ``imp:`` block moved to ``algorithms.IMP`` / ``AdaptiveIMP`` and the
     level loop's top-level keys (``imp.levels`` → ``levels``, ``imp.adaptive.enabled`` → ``AdaptiveIMP``, ...)."""
+    user = dict(user)
+    user.pop('data_seed', None)  # recorded by find_ticket in a replicate's config.yaml; not a recipe setting
     if user.get('imp') is None:
         return user
-    user = dict(user)
     if isinstance(user['imp'], dict) and 'name' in user['imp']:
         user.pop('imp')  # a config.yaml written by find_ticket: the component's settings, also under algorithms
         return user

@@ -76,7 +76,8 @@ def yaml_run(tmp_path_factory):
     records, logger = _Records(), logging.getLogger('composer_imp')
     logger.addHandler(records)
     try:
-        code = run.main(['-f', QUICK, f'save_folder={folder}', *RUN, 'analysis.enabled=true', 'analysis.betas=[0,0.5,1]'])
+        code = run.main(['-f', QUICK, f'save_folder={folder}', *RUN, 'analysis.enabled=true', 'analysis.betas=[0,0.5,1]',
+                         'analysis.planes=0'])
     finally:
         logger.removeHandler(records)
     assert code == 0
@@ -255,7 +256,8 @@ def test_replicates_train_one_run_per_seed_and_define_matching_by_the_dense_spre
     from omegaconf import OmegaConf
     caplog.set_level(logging.INFO, logger='composer_imp')
     args = ['-f', QUICK, f'save_folder={tmp_path / "reps"}', 'replicates=3', 'levels=2',
-            'max_duration=3ep', 'eval_interval=3ep', 'model.width=8', 'progress_bar=false', 'analysis.betas=[0,0.5,1]']
+            'max_duration=3ep', 'eval_interval=3ep', 'model.width=8', 'progress_bar=false', 'analysis.betas=[0,0.5,1]',
+            'analysis.planes=0']
     assert run.main([*args[:3], 'replicates=2', *args[4:]]) == 0
     caplog.clear()
     assert run.main(args) == 0  # a third replicate joins: ε and every replicate's tolerance move with it

@@ -60,7 +60,7 @@ def test_instability_and_perturbation_branch_from_the_rewind_point(tmp_path, mak
 def test_experiments_refuse_an_unfinished_run(tmp_path, make_trainer_factory):
     with pytest.raises(ValueError, match='needs finished levels 0..1'):
         perturbation(make_trainer_factory(), str(tmp_path))
-    with pytest.raises(ValueError, match='two different data seeds'):
+    with pytest.raises(ValueError, match='two different, non-zero data seeds'):
         make_trainer = make_trainer_factory(imp=lambda: IMP(ratio=0.5, rewind='5ba'), max_duration='1ep')
         find_ticket(make_trainer, str(tmp_path), levels=0)
         instability(make_trainer, str(tmp_path), data_seeds=(1, 1))
