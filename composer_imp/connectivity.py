@@ -106,8 +106,8 @@ class PlaneFrame:
     @staticmethod
     def of(a: Mapping[str, torch.Tensor], p: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor],
            prunable: set) -> 'PlaneFrame':
-        def dot(x: Mapping, y: Mapping) -> float:
-            return float(sum((x[k].double() * y[k].double()).sum() for k in prunable))
+        def dot(x: Mapping, y: Mapping) -> float:  # in name order: the same sum in every process
+            return float(sum((x[k].double() * y[k].double()).sum() for k in sorted(prunable)))
 
         bp = {k: b[k] - p[k] for k in prunable}
         ap = {k: a[k] - p[k] for k in prunable}
