@@ -6,6 +6,7 @@ from composer import Trainer
 from composer.optim import DecoupledSGDW
 
 from composer_imp import KeepMask, full_mask, magnitude_prune
+from composer_imp.masks import apply_mask_to_model
 
 OPTIMIZERS = {
     'sgd_momentum_coupled_wd': lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-3),
@@ -49,9 +50,7 @@ def test_without_keep_mask_pruned_weights_come_back(tiny_model_fn, digits_loader
     model = tiny_model_fn()
     mask = magnitude_prune(model, full_mask(model), 0.7)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in mask:
-                p.mul_(mask[name])
+        apply_mask_to_model(model, mask)
     _fit(model, OPTIMIZERS['sgd_momentum_coupled_wd'](model.parameters()), digits_loaders[0], [])
     params = dict(model.named_parameters())
     assert any(params[n][~m].abs().sum() > 0 for n, m in mask.items())

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from composer_imp import IMP, AdaptiveIMP, find_ticket
+from composer_imp.masks import apply_mask_to_model
 from conftest import TrainingRecord
 
 
@@ -347,9 +348,7 @@ def test_shuffle_permutes_kept_weights_within_each_layer(tiny_model_fn):
     model = tiny_model_fn()
     mask = magnitude_prune(model, full_mask(model), 0.5)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in mask:
-                p.mul_(mask[name])
+        apply_mask_to_model(model, mask)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     shuffle_kept_weights(model, mask, seed=3)
     after = {n: p.detach().clone() for n, p in model.named_parameters()}
