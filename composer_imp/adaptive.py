@@ -66,7 +66,7 @@ class AdaptiveIMP(IMP):
 
     Args:
         ratio: the floor: every level prunes at least this fraction of the remaining weights.
-        rewind, ignore, scope: as :class:`~composer_imp.imp.IMP`.
+        rewind, ignore, scope, rewind_optimizer, data_order: as :class:`~composer_imp.imp.IMP`.
         ratios: candidate ratios of the remaining weights, each in (0, 1).
         path_points: points β in (0, 1] on the path from ``w_L`` (β=0) to its projection (β=1).
         subsample: training examples the sweep evaluates on (fixed for the whole run).
@@ -87,11 +87,12 @@ class AdaptiveIMP(IMP):
     """
 
     def __init__(self, ratio: float = 0.2, rewind: Union[str, int, Time] = '0ba', ignore: Iterable[str] = (),
-                 scope: str = 'global', ratios: Sequence[float] = DEFAULT_RATIOS,
+                 scope: str = 'global', rewind_optimizer: bool = False, data_order: str = 'new',
+                 ratios: Sequence[float] = DEFAULT_RATIOS,
                  path_points: Sequence[float] = (0.25, 0.5, 0.75, 1.0), subsample: int = 1024, batch_size: int = 512,
                  baseline: str = 'eval', epsilon: str = 'train', recalibrate_bn: bool = True, reference: str = 'dense',
                  land_on_target: bool = False, search: str = 'exhaustive', sweep_data: Any = None):
-        super().__init__(ratio, rewind, ignore, scope)
+        super().__init__(ratio, rewind, ignore, scope, rewind_optimizer, data_order)
         ratios, path_points = list(ratios), list(path_points)
         if not ratios:
             raise ValueError('AdaptiveIMP ratios is empty; give candidate ratios such as [0.1, 0.2, ..., 0.9].')

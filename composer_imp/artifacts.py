@@ -33,7 +33,10 @@ from omegaconf import OmegaConf
 from composer_imp.masks import load_mask
 
 __all__ = ['RunFolder', 'atomic_torch_save', 'atomic_write_text', 'sha256', 'changed_keys', 'replicate_folder',
-           'replicate_folders']
+           'replicate_folders', 'LEGACY_REWINDING']
+
+# What runs made before IMP's rewind_optimizer / data_order options did (their config.yaml lacks the keys).
+LEGACY_REWINDING = {'rewind_optimizer': True, 'data_order': 'replay'}
 
 
 def sha256(path: str) -> str:
@@ -104,6 +107,10 @@ class RunFolder:
     def rewind(self) -> str:
         return os.path.join(self.root, 'rewind', 'rewind.pt')
 
+    @property
+    def pretraining_checkpoints(self) -> str:
+        return os.path.join(self.root, 'rewind', 'checkpoints')
+
     def level_dir(self, level: int) -> str:
         return os.path.join(self.root, f'level_{level:02d}')
 
@@ -172,6 +179,12 @@ class RunFolder:
     def recorded_data_seed(self) -> int:
         """The data-order seed the run was made with (a replicate's index; 0 for a single run)."""
         return int(OmegaConf.load(self.config).get('data_seed', 0))
+
+    def recorded_imp(self) -> dict:
+        """The IMP settings the run was made with (``config.yaml``'s ``imp``). Runs made before the rewinding options
+        existed restored the optimizer and replayed the data order (:data:`LEGACY_REWINDING`)."""
+        imp = OmegaConf.to_container(OmegaConf.load(self.config), resolve=True).get('imp') or {}
+        return {**LEGACY_REWINDING, **imp}
 
     def read_row(self, level: int) -> dict:
         with open(self.level_json(level)) as f:

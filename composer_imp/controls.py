@@ -27,6 +27,7 @@ import torch
 from composer.utils import dist
 
 from composer_imp.artifacts import RunFolder, atomic_write_text
+from composer_imp.data_order import branch_data_seed
 from composer_imp.level_loop import (MakeTrainer, build_level_trainer, fit_level, imp_trainer_args, log_rank0,
                                      on_rank0)
 from composer_imp.masks import Mask, load_mask, unwrap_model
@@ -74,7 +75,8 @@ def run_control(make_trainer: MakeTrainer, save_folder: str, level: int, kind: s
         return done
     ticket = on_rank0(lambda: load_mask(folder.mask(level)))
     dense = on_rank0(lambda: folder.read_row(0))
-    run_seed, data_seed = on_rank0(lambda: (folder.recorded_seed(), folder.recorded_data_seed()))
+    run_seed, run_order = on_rank0(lambda: (folder.recorded_seed(), folder.recorded_data_seed()))
+    order = on_rank0(lambda: branch_data_seed(run_order, level, folder.recorded_imp()['data_order']))  # the ticket's
     mask = random_mask_like(ticket, seed) if kind == 'random_mask' else ticket
     fresh = None
     if kind == 'reinit':
@@ -82,8 +84,8 @@ def run_control(make_trainer: MakeTrainer, save_folder: str, level: int, kind: s
         trainer, _ = build_level_trainer(make_trainer, 0, run_seed + _REINIT_SEED_OFFSET + seed, {})
         fresh = {k: v.detach().clone() for k, v in unwrap_model(trainer.state.model).state_dict().items()}
         trainer.close()
-    trainer, imp = build_level_trainer(make_trainer, level, run_seed, imp_trainer_args(folder, level, None, 'control'),
-                                       data_seed)  # the ticket's own data order (a replicate's, in a replicate)
+    args = imp_trainer_args(folder, level, None, 'control', data_shift=order - run_order)
+    trainer, imp = build_level_trainer(make_trainer, level, run_seed, args, order)
     model = unwrap_model(trainer.state.model)
     if fresh is not None:
         model.load_state_dict(fresh)

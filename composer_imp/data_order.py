@@ -3,7 +3,8 @@
 Loaders are usually built once and reused by every level's Trainer. Two things must then be set on them before
 each ``fit``, whatever built them (the YAML runner or a user's script):
 
-* :func:`reseed_data_order`: a replicate (or a control) draws its own data order. Samplers draw an epoch's order
+* :func:`reseed_data_order`: a replicate, a level (with ``IMP(data_order='new')``, the default) or a control
+  draws its own data order (:func:`branch_data_seed` names which). Samplers draw an epoch's order
   from ``(seed + epoch)``; the seed moves by a large stride per unit of seed, so replicate ``i`` at epoch ``e``
   never replays replicate 0 at epoch ``e + i``. The loader's own seed is remembered on first sight, so setting
   a seed is idempotent (level after level on the same loader).
@@ -26,9 +27,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ['reseed_data_order', 'restart_epoch_counters', 'release_workers', 'SEED_STRIDE']
+__all__ = ['reseed_data_order', 'restart_epoch_counters', 'forget_resumed_position', 'release_workers', 'branch_data_seed',
+           'ShiftCheckpointedOrder', 'SEED_STRIDE', 'LEVEL_STRIDE', 'DATA_ORDERS']
 
 SEED_STRIDE = 1_000_003
+LEVEL_STRIDE = 1000  # data seeds of a run's branches: replicate i (< 1000) at level L draws i + 1000 (L + 1)
+DATA_ORDERS = ('new', 'replay')
 _BASE = '_composer_imp_base_seed'  # the seed the loader's order object was built with
 
 
@@ -37,6 +41,44 @@ def _set(order: Any, attribute: str, offset: int) -> None:
     if not hasattr(order, base_name):
         setattr(order, base_name, getattr(order, attribute))
     setattr(order, attribute, getattr(order, base_name) + offset)
+
+
+def branch_data_seed(data_seed: int, level: int, data_order: str) -> int:
+    """The data seed a branch from the rewind point trains level ``level`` with, in the run of ``data_seed``.
+
+    ``'new'`` (OpenLTH: its data-order seed is unset by default, so every training draws a new order): each level
+    draws its own order, the same on a re-run. ``'replay'``: every level continues the pretraining's order from τ
+    (with the RNG state saved at τ, so augmentation draws repeat too).
+
+    Example:
+        >>> branch_data_seed(0, 3, 'new'), branch_data_seed(2, 3, 'new'), branch_data_seed(2, 3, 'replay')
+        (4000, 4002, 2)
+    """
+    if data_order not in DATA_ORDERS:
+        raise ValueError(f'data_order must be one of {list(DATA_ORDERS)}; got {data_order!r}.')
+    return data_seed if data_order == 'replay' else data_seed + LEVEL_STRIDE * (level + 1)
+
+
+class ShiftCheckpointedOrder:
+    """``Trainer(load_ignore_keys=...)`` hook: moves the data order a checkpoint carries by ``shift`` data seeds.
+
+    MosaicML Streaming keeps its ``shuffle_seed`` in the dataset state Composer checkpoints, and takes it back on
+    resumption; a branch loading the rewind point with another order keeps the position, with its own seed. Loaders
+    whose order is not in the checkpoint (samplers, FFCV) are reseeded by :func:`reseed_data_order` alone.
+
+    Example:
+        >>> checkpoint = {'state': {'dataset_state': {'train': {'epoch': 1, 'shuffle_seed': 9}}}}
+        >>> ShiftCheckpointedOrder(2)(checkpoint); checkpoint['state']['dataset_state']['train']['shuffle_seed']
+        2000015
+    """
+
+    def __init__(self, shift: int):
+        self.shift = int(shift)
+
+    def __call__(self, state_dict: dict) -> None:
+        train = ((state_dict.get('state') or {}).get('dataset_state') or {}).get('train')
+        if isinstance(train, dict) and 'shuffle_seed' in train:
+            train['shuffle_seed'] = train['shuffle_seed'] + self.shift * SEED_STRIDE
 
 
 def reseed_data_order(loader: Any, data_seed: int) -> None:
@@ -67,6 +109,21 @@ def restart_epoch_counters(*loaders: Any) -> None:
         for counter in (getattr(loader, 'dataset', None), loader):
             if counter is not None and hasattr(counter, 'next_epoch'):
                 counter.next_epoch = 0
+
+
+def forget_resumed_position(loader: Any) -> None:
+    """Make a MosaicML Streaming dataset start its next epoch at the beginning.
+
+    Streaming keeps the last position it was told to resume from in shared memory for the whole process, and takes
+    it up whenever its epoch counter is not past it. A training that restores no position (the pretraining of the
+    next replicate, after levels that resumed from the rewind point) must not inherit it: the position is replaced
+    by one from before epoch 0, which Streaming discards as stale.
+    """
+    dataset = getattr(loader, 'dataset', None)
+    if hasattr(dataset, 'shuffle_seed') and hasattr(dataset, 'load_state_dict'):
+        dataset.load_state_dict({'epoch': -1, 'sample_in_epoch': 0, 'shuffle_seed': dataset.shuffle_seed,
+                                 'num_canonical_nodes': dataset.num_canonical_nodes,
+                                 'initial_physical_nodes': dataset.initial_physical_nodes})
 
 
 def release_workers(loader: Any) -> None:

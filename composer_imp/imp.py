@@ -4,9 +4,10 @@ Put ``IMP(...)`` in the ``algorithms`` of the Trainer your recipe builds, and ca
 :func:`composer_imp.find_ticket` where you called ``trainer.fit()``: the level loop builds your Trainer once per
 level and tells the component which level it is in. Inside a level the component
 
-* at level 0 (dense): saves the rewind point, a full Composer checkpoint at step τ
-  (:class:`~composer_imp.rewind.RewindCheckpoint`), and records the per-batch training losses of the last
-  epoch (:class:`~composer_imp.loss_statistics.LossStatistics`: the dense loss and ε);
+* in the pretraining (Algorithm 1, phase 1): saves the rewind point, a full Composer checkpoint at step τ
+  (:class:`~composer_imp.rewind.RewindCheckpoint`), and stops there;
+* at level 0 (dense, trained from ``w_τ``): records the per-batch training losses of the last epoch
+  (:class:`~composer_imp.loss_statistics.LossStatistics`: the dense loss and ε);
 * at level L ≥ 1: keeps the level's mask exactly (:class:`~composer_imp.keep_mask.KeepMask`): pruned weights,
   their gradients and optimizer state stay ``0.0`` after every step.
 
@@ -35,6 +36,7 @@ from composer.core import Algorithm, Event, State, Time
 from composer.loggers import Logger
 from torch import nn
 
+from composer_imp.data_order import DATA_ORDERS
 from composer_imp.keep_mask import KeepMask, apply_keep_mask
 from composer_imp.loss_statistics import LossStatistics
 from composer_imp.masks import Mask, full_mask, magnitude_prune, unwrap_model
@@ -98,6 +100,12 @@ class IMP(Algorithm):
         rewind: the rewind step τ, a Composer time in batches or epochs (``'2000ba'``, ``'1ep'``, ``0``).
         ignore: parameter or module names never pruned (checked against the model: a typo is an error).
         scope: ``'global'`` magnitude pruning across layers (the paper) or ``'layerwise'``.
+        rewind_optimizer: restore the optimizer state (momentum, Adam moments) at τ with the weights. Default
+            ``False``: every level starts with a fresh optimizer, as OpenLTH builds one per level (the paper rewinds
+            the weights only); the learning-rate schedule continues from τ either way.
+        data_order: ``'new'`` (default; OpenLTH leaves its data-order seed unset, so every training draws a new
+            order): each level trains with its own data order; ``'replay'``: every level replays the pretraining's
+            data order and RNG from τ, so levels share their SGD noise.
 
     The level loop (:func:`composer_imp.find_ticket`) calls :meth:`start_level` before each ``fit``; fitting a
     Trainer that holds an ``IMP`` without the loop is an error naming the fix.
@@ -105,11 +113,11 @@ class IMP(Algorithm):
     Example:
         >>> imp = IMP(ratio=0.2, rewind='1ep')
         >>> imp
-        IMP(ratio=0.2, rewind='1ep', ignore=[], scope='global')
+        IMP(ratio=0.2, rewind='1ep', ignore=[], scope='global', rewind_optimizer=False, data_order='new')
     """
 
     def __init__(self, ratio: float = 0.2, rewind: Union[str, int, Time] = '0ba', ignore: Iterable[str] = (),
-                 scope: str = 'global'):
+                 scope: str = 'global', rewind_optimizer: bool = False, data_order: str = 'new'):
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) < 1.0:
             raise ValueError(f'{type(self).__name__} ratio must lie strictly between 0 and 1 (fraction of the remaining '
                              f'weights pruned per level, e.g. 0.2); got {ratio!r}.')
@@ -118,12 +126,20 @@ class IMP(Algorithm):
         if isinstance(ignore, str):
             raise ValueError(f'{type(self).__name__} ignore must be a list of names; got the string {ignore!r} '
                              f'(write [{ignore!r}]).')
+        if not isinstance(rewind_optimizer, bool):
+            raise ValueError(f'{type(self).__name__} rewind_optimizer must be true or false; got {rewind_optimizer!r}.')
+        if data_order not in DATA_ORDERS:
+            raise ValueError(f'{type(self).__name__} data_order must be one of {list(DATA_ORDERS)} (\'new\': each level '
+                             f'draws its own order; \'replay\': levels replay the pretraining\'s); got {data_order!r}.')
         parse_rewind(rewind)
+        self.rewind_optimizer = rewind_optimizer
+        self.data_order = data_order
         self.ratio = float(ratio)
         self.rewind = rewind
         self.ignore = list(ignore)
         self.scope = scope
         self.level: Optional[int] = None
+        self.pretraining = False
         self.mask: Optional[Mask] = None
         self.statistics = LossStatistics()
         self._keep: Optional[KeepMask] = None
@@ -135,7 +151,8 @@ class IMP(Algorithm):
     def settings(self) -> dict[str, Any]:
         """What defines the run (recorded in ``config.yaml``; a resumed run must have the same)."""
         return {'name': type(self).__name__, 'ratio': self.ratio, 'rewind': str(self.rewind),
-                'ignore': list(self.ignore), 'scope': self.scope}
+                'ignore': list(self.ignore), 'scope': self.scope, 'rewind_optimizer': self.rewind_optimizer,
+                'data_order': self.data_order}
 
     def __repr__(self) -> str:
         kwargs = {k: v for k, v in self.settings().items() if k != 'name'}
@@ -171,15 +188,27 @@ class IMP(Algorithm):
         return self.ratio, None
 
     # ---- set by the level loop ---------------------------------------------------------------
+    def start_pretraining(self, rewind_path: str) -> None:
+        """Before ``fit`` of the pretraining (Algorithm 1, phase 1): train the dense network from initialization to
+        τ, save the rewind point at ``rewind_path`` and stop."""
+        self.level, self.mask, self.pretraining, self._keep = 0, None, True, None
+        self._rewind_saver = RewindCheckpoint(self.rewind, rewind_path, keep_rng=self.data_order == 'replay',
+                                              stop=True)
+        self._guard = LossGuard(0)
+
     def start_level(self, level: int, mask: Mask, rewind_path: Optional[str]) -> None:
-        """Bind this level's mask (``level ≥ 1``) or, at level 0, where to save the rewind point (``None``: a dense
-        branch over a finished run, which saves none) before ``fit``."""
-        self.level, self.mask = level, mask
+        """Bind this level's mask (``level ≥ 1``) before ``fit``. ``rewind_path``: at level 0 with τ = 0, where to
+        save the rewind point (the level is then the run from initialization); otherwise ``None``."""
+        self.level, self.mask, self.pretraining = level, mask, False
         self._keep = KeepMask(mask) if level > 0 else None
-        self._rewind_saver = RewindCheckpoint(self.rewind, rewind_path) if level == 0 and rewind_path else None
+        self._rewind_saver = (RewindCheckpoint(self.rewind, rewind_path, keep_rng=self.data_order == 'replay')
+                              if level == 0 and rewind_path else None)
         self._guard = LossGuard(level)
         loaded = self._loaded or {}
-        if loaded.get('level') == level and loaded.get('mask') is not None:
+        resumed = loaded.get('level') == level and not loaded.get('pretraining', False)
+        # The loss statistics continue only within the same level (autoresumed); a level from τ starts empty.
+        self.statistics.load_state_dict(loaded.get('statistics', {}) if resumed else {})
+        if resumed and loaded.get('mask') is not None:
             # Composer autoresumed this level from one of its checkpoints: it must be the same mask.
             self._keep.load_state_dict({'mask': loaded['mask']})
 
@@ -197,7 +226,7 @@ class IMP(Algorithm):
             self._keep.apply(event, state, logger)
         if event == Event.FIT_START:  # what this level actually starts from, after the mask is applied
             params = dict(unwrap_model(state.model).named_parameters())
-            self.nonzero_at_start = {k: int(torch.count_nonzero(params[k])) for k in self.mask}
+            self.nonzero_at_start = {k: int(torch.count_nonzero(params[k])) for k in self.mask or {}}
         if self._rewind_saver is not None:
             self._rewind_saver.run_event(event, state, logger)
         self.statistics.run_event(event, state, logger)
@@ -205,9 +234,8 @@ class IMP(Algorithm):
 
     def state_dict(self) -> dict[str, Any]:
         # Travels in Composer checkpoints: a resumed level checks its mask and keeps the losses seen before.
-        return {'repr': repr(self), 'level': self.level, 'mask': self.mask if self.level else None,
-                'statistics': self.statistics.state_dict()}
+        return {'repr': repr(self), 'level': self.level, 'pretraining': self.pretraining,
+                'mask': self.mask if self.level else None, 'statistics': self.statistics.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._loaded = state
-        self.statistics.load_state_dict(state.get('statistics', {}))
+        self._loaded = state  # applied by start_level, once the level is known

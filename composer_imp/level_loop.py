@@ -4,15 +4,22 @@
 ``make_trainer(level, seed, imp_args)`` that passes ``**imp_args`` to ``Trainer(...)`` and has an
 :class:`~composer_imp.IMP` (or :class:`~composer_imp.AdaptiveIMP`) among its algorithms. Then, read top to bottom:
 
-1. level 0: build the Trainer, train the dense network; ``IMP`` saves the rewind point at step τ and ε;
-2. level L ≥ 1: ratio = ``IMP.ratio``, or AdaptiveIMP's sweep at ``w_{L-1}``; ``m_L`` = prune ``w_{L-1}``
+1. pretraining (Algorithm 1, phase 1): build the Trainer, train the dense network from initialization to τ;
+   ``IMP`` saves the rewind point there and stops (nothing to do at τ = 0);
+2. level 0: the dense network trained from ``w_τ`` (at τ = 0, from initialization); ``IMP`` records ε;
+3. level L ≥ 1: ratio = ``IMP.ratio``, or AdaptiveIMP's sweep at ``w_{L-1}``; ``m_L`` = prune ``w_{L-1}``
    (nested in ``m_{L-1}``); build the Trainer with ``imp_args`` that load the rewind point; ``IMP`` binds
    ``m_L`` to the model as Composer holds it and keeps it exact; fit;
-3. after every level: ``level_XX/{mask.pt, selection.json, weights.pt, level.json}`` and ``summary.json``
+4. after every level: ``level_XX/{mask.pt, selection.json, weights.pt, level.json}`` and ``summary.json``
    (:mod:`composer_imp.artifacts`); a re-run resumes.
 
-What ``imp_args`` holds: at level L ≥ 1 ``load_path`` (the rewind point) and ``load_weights_only=False``; with
-``checkpoint_interval`` also ``save_folder`` (the level's own), ``save_interval``, ``autoresume``, ``run_name``.
+Every level starts like OpenLTH's: from ``w_τ`` at step τ of the learning-rate schedule, with a fresh optimizer
+(``IMP(rewind_optimizer=True)`` restores the momentum at τ) and its own data order (``IMP(data_order='replay')``
+replays the pretraining's).
+
+What ``imp_args`` holds: for a level from the rewind point ``load_path`` (the rewind point) and
+``load_weights_only=False``; with ``checkpoint_interval`` also ``save_folder`` (the level's own), ``save_interval``,
+``autoresume``, ``run_name``.
 A Trainer that did not load what was passed, or that would write checkpoints elsewhere, is refused.
 
 Example:
@@ -44,13 +51,14 @@ from omegaconf import OmegaConf
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy, MultilabelAccuracy
 
 from composer_imp.artifacts import RunFolder, atomic_torch_save, atomic_write_text, changed_keys, replicate_folder
-from composer_imp.data_order import release_workers, reseed_data_order, restart_epoch_counters
+from composer_imp.data_order import (SEED_STRIDE, ShiftCheckpointedOrder, branch_data_seed, forget_resumed_position,
+                                     release_workers, reseed_data_order, restart_epoch_counters)
 from composer_imp.imp import IMP
 from composer_imp.masks import Mask, full_mask, load_mask, magnitude_prune, sparsity_report, unwrap_model
 from composer_imp.plots import plot_accuracy_vs_compute
 
-__all__ = ['find_ticket', 'build_level_trainer', 'fit_level', 'imp_trainer_args', 'on_rank0', 'LevelResult',
-           'MakeTrainer', 'RESUMABLE_KEYS']
+__all__ = ['find_ticket', 'build_level_trainer', 'fit_level', 'close_trainer', 'imp_trainer_args', 'on_rank0',
+           'LevelResult', 'MakeTrainer', 'RESUMABLE_KEYS']
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +75,24 @@ def on_rank0(compute: Callable[[], Any]) -> Any:
     return holder[0]
 
 
-def imp_trainer_args(folder: RunFolder, level: int, checkpoint_interval: Optional[str], run_name: str) -> dict:
-    """The Trainer arguments a level needs: load the rewind point (level ≥ 1), checkpoint into the level's folder."""
+def imp_trainer_args(folder: RunFolder, level: Optional[int], checkpoint_interval: Optional[str], run_name: str,
+                     from_rewind: bool = True, data_shift: int = 0) -> dict:
+    """The Trainer arguments of one training: ``level=None`` is the pretraining (from initialization, checkpoints
+    in ``rewind/checkpoints``); a level loads the rewind point when ``from_rewind`` (every level but level 0 at
+    τ = 0) and checkpoints into its own folder. ``data_shift``: how many data seeds the level's order is from the
+    pretraining's (a data order the checkpoint carries is moved by as many)."""
     args: dict[str, Any] = {}
-    if level > 0:
+    if level is not None and from_rewind:
         args.update(load_path=folder.rewind, load_weights_only=False)
+        if data_shift:
+            args.update(load_ignore_keys=ShiftCheckpointedOrder(data_shift))
     if checkpoint_interval:
         # A crash between writing a checkpoint and its `latest` link leaves a file autoresume does not know; the
         # resumed run re-creates it, so overwriting it is safe.
-        args.update(save_folder=folder.checkpoints(level), save_interval=checkpoint_interval,
-                    save_num_checkpoints_to_keep=1, autoresume=True, save_overwrite=True,
-                    run_name=f'{run_name}-level{level:02d}')
+        args.update(save_folder=folder.checkpoints(level) if level is not None else folder.pretraining_checkpoints,
+                    save_interval=checkpoint_interval, save_num_checkpoints_to_keep=1, autoresume=True,
+                    save_overwrite=True,
+                    run_name=f'{run_name}-level{level:02d}' if level is not None else f'{run_name}-pretraining')
     return args
 
 
@@ -91,7 +106,8 @@ def build_level_trainer(make_trainer: MakeTrainer, level: int, seed: int, imp_ar
 
     Seeds every RNG with ``seed`` first (the model's initialization follows it), then checks: a ``Trainer``,
     exactly one :class:`~composer_imp.IMP`, the load path IMP passed (or an autoresume checkpoint inside the
-    level's own folder), checkpoints only inside the level's folder. Sets the data order of ``data_seed``.
+    level's own folder), checkpoints only inside the level's folder. Sets the data order of ``data_seed``; a data
+    seed other than 0 also seeds the RNG (augmentation draws) from it, unless a checkpoint brings its own RNG state.
     """
     reproducibility.seed_all(seed)
     trainer = make_trainer(level, seed, dict(imp_args))
@@ -119,7 +135,11 @@ def build_level_trainer(make_trainer: MakeTrainer, level: int, seed: int, imp_ar
                          'each level then checkpoints into its own folder and resumes from it.')
     state = trainer.state
     reseed_data_order(state.train_dataloader, data_seed)
+    if data_seed:
+        reproducibility.seed_all((seed + SEED_STRIDE * data_seed + dist.get_global_rank()) % 2**32)
     restart_epoch_counters(state.train_dataloader, *(e.dataloader.dataloader for e in state.evaluators))
+    if not state.dataset_resumption.get('train'):  # no checkpoint brought a position: start at the beginning
+        forget_resumed_position(state.train_dataloader)
     return trainer, imps[0]
 
 
@@ -156,16 +176,17 @@ def fit_level(trainer: Trainer, imp: IMP, level: int, mask: Mask, rewind_path: s
               metric: Optional[str] = None, loss_metric: Optional[str] = None) -> LevelResult:
     """One level's lifecycle after its Trainer is built: bind the mask, fit, collect the row, close the Trainer.
 
-    Shared by the levels and the controls. ``metric`` / ``loss_metric``: the eval metric names recorded as the
-    level's accuracy and loss (default: the first accuracy metric and the first cross-entropy/loss metric).
+    Shared by the levels and the controls. ``start_step``: the step the level starts from (τ, or 0 for level 0 at
+    τ = 0). ``metric`` / ``loss_metric``: the eval metric names recorded as the level's accuracy and loss (default:
+    the first accuracy metric and the first cross-entropy/loss metric).
     """
     start = time.perf_counter()
     state = trainer.state
     imp.start_level(level, mask, rewind_path)
     loaded_at = int(state.timestamp.batch)  # > τ when Composer autoresumed an interrupted level
-    if state.load_path is not None and start_step == 0 and loaded_at == 0:
-        # A rewind point at step 0: the dense run's optimizer had no state yet; what the checkpoint holds is an
-        # artifact of saving it (torch fills momentum with weight_decay * w). Every branch starts like level 0 did.
+    if state.load_path is not None and loaded_at == start_step and (start_step == 0 or not imp.rewind_optimizer):
+        # A fresh optimizer from τ (OpenLTH). At τ = 0 always: the pretraining's optimizer had no state yet, and what
+        # the checkpoint holds is an artifact of saving it (torch fills momentum with weight_decay * w).
         for optimizer in state.optimizers:
             optimizer.state.clear()
     end = state.max_duration
@@ -195,10 +216,16 @@ def fit_level(trainer: Trainer, imp: IMP, level: int, mask: Mask, rewind_path: s
     trainer.logger.log_metrics({'imp/level': level, 'imp/weights_remaining': row['weights_remaining'],
                                 **({'imp/accuracy': accuracy} if accuracy is not None else {}),
                                 **({'imp/loss': loss} if loss is not None else {})})
-    for loader in (state.train_dataloader, *(e.dataloader.dataloader for e in state.evaluators)):
-        release_workers(loader)  # the next level's Trainer reuses these loaders
-    trainer.close()
+    close_trainer(trainer)
     return LevelResult(row, weights)
+
+
+def close_trainer(trainer: Trainer) -> None:
+    """Close a fitted Trainer, first releasing the workers of its loaders: the next Trainer reuses them."""
+    state = trainer.state
+    for loader in (state.train_dataloader, *(e.dataloader.dataloader for e in state.evaluators)):
+        release_workers(loader)
+    trainer.close()
 
 
 class _Run:
@@ -213,10 +240,15 @@ class _Run:
         self.user_config, self.metric, self.loss_metric = dict(config or {}), metric, loss_metric
         self.run_name = str(self.user_config.get('run_name') or os.path.basename(os.path.abspath(save_folder)) or 'imp')
         self.rows: list[dict] = []
+        self.tau, self.data_order = 0, 'new'  # the recipe's, read from the pretraining's Trainer
 
-    def build(self, level: int) -> tuple[Trainer, IMP]:
-        args = imp_trainer_args(self.folder, level, self.checkpoint_interval, self.run_name)
-        return build_level_trainer(self.make_trainer, level, self.seed, args, self.data_seed)
+    def build(self, level: Optional[int]) -> tuple[Trainer, IMP]:
+        """The Trainer of ``level`` (``None``: the pretraining, with the run's own data order)."""
+        from_rewind = level is not None and (level > 0 or self.tau > 0)
+        order = branch_data_seed(self.data_seed, level, self.data_order) if from_rewind else self.data_seed
+        args = imp_trainer_args(self.folder, level, self.checkpoint_interval, self.run_name, from_rewind,
+                                order - self.data_seed)
+        return build_level_trainer(self.make_trainer, level or 0, self.seed, args, order)
 
     def config(self, imp: IMP) -> dict:
         return OmegaConf.to_container(OmegaConf.create({
@@ -230,11 +262,13 @@ class _Run:
         if self.overwrite and dist.get_global_rank() == 0:
             self.folder.clear()  # before any Trainer exists: none may autoresume from the run being replaced
         dist.barrier()
-        trainer, imp = self.build(0)  # checks the recipe and the settings before anything is written
+        trainer, imp = self.build(None)  # the pretraining's: checks the recipe and settings before anything is written
         try:
             imp.check(trainer.state)
             self.check_metrics(trainer.state)
             self.check_folder(imp)
+            self.tau, self.data_order = imp.rewind_step(trainer.state), imp.data_order
+            self.check_rewind(trainer.state, imp)
         except Exception:
             trainer.close()
             raise
@@ -247,6 +281,9 @@ class _Run:
                 log_rank0('level %02d already done (%.1f%% weights remaining), skipped', level,
                           100 * row['weights_remaining'])
             else:
+                if level == 0:
+                    self.pretrain(trainer, imp)
+                    trainer = None
                 if trainer is None:
                     trainer, imp = self.build(level)
                 row, mask = self.train(level, trainer, imp, mask)
@@ -260,17 +297,27 @@ class _Run:
         self.report()
         return self.rows
 
+    def check_rewind(self, state: State, imp: IMP) -> None:
+        per_epoch = int(state.dataloader_len.value) if state.dataloader_len is not None else None
+        total = _total_batches(state.max_duration, per_epoch)
+        if total is not None and self.tau >= total:
+            raise ValueError(f'IMP rewind={imp.rewind!r} ({self.tau} batches) is not before max_duration='
+                             f'{state.max_duration} ({total} batches); choose an earlier rewind step.')
+
+    def pretrain(self, trainer: Trainer, imp: IMP) -> None:
+        """Phase 1 of Algorithm 1: train the dense network from initialization to τ and save the rewind point there
+        (at τ = 0 level 0 saves it: level 0 is then the run from initialization). Closes ``trainer``."""
+        if self.tau > 0 and not on_rank0(lambda: os.path.isfile(self.folder.rewind)):
+            log_rank0('pretraining: %d steps from initialization to the rewind point', self.tau)
+            imp.start_pretraining(self.folder.rewind)
+            trainer.fit()
+        close_trainer(trainer)
+        if dist.get_global_rank() == 0 and os.path.isdir(self.folder.pretraining_checkpoints):
+            shutil.rmtree(self.folder.pretraining_checkpoints)  # the rewind point holds what they were for
+        dist.barrier()
+
     def train(self, level: int, trainer: Trainer, imp: IMP, previous: Optional[Mask]) -> tuple[dict, Mask]:
         start = time.perf_counter()
-        state = trainer.state
-        per_epoch = int(state.dataloader_len.value) if state.dataloader_len is not None else None
-        tau = imp.rewind_step(state)
-        if level == 0:
-            total = _total_batches(state.max_duration, per_epoch)
-            if total is not None and tau >= total:
-                trainer.close()
-                raise ValueError(f'IMP rewind={imp.rewind!r} ({tau} batches) is not before max_duration='
-                                 f'{state.max_duration} ({total} batches); choose an earlier rewind step.')
         mask, ratio, sweep = self.select(level, trainer, imp, previous)
         if dist.get_global_rank() == 0:
             os.makedirs(self.folder.root, exist_ok=True)
@@ -280,9 +327,12 @@ class _Run:
                 atomic_torch_save(mask, self.folder.mask(level))  # before training: a resumed level reuses it
                 atomic_write_text(json.dumps({'ratio': ratio, 'sweep': sweep}, indent=2), self.folder.selection(level))
         dist.barrier()
-        result = fit_level(trainer, imp, level, mask, self.folder.rewind, 0 if level == 0 else tau,
+        result = fit_level(trainer, imp, level, mask, self.folder.rewind if self.tau == 0 else None, self.tau,
                            self.metric, self.loss_metric)
         row = {**result.row, 'ratio': ratio, 'sweep': sweep}
+        # Level 0's compute includes the pretraining (Algorithm 1, phase 1): every level after it starts at τ.
+        row['pretraining_steps'] = self.tau if level == 0 else 0
+        row['steps'] += row['pretraining_steps']
         prev = self.rows[-1] if self.rows else None
         row['cumulative_steps'] = row['steps'] + (prev['cumulative_steps'] if prev else 0)
         # Compute in training-step equivalents: training steps plus the sweep's forward passes.
@@ -335,6 +385,7 @@ class _Run:
                                  'components (its config.yaml has an imp: block with levels), and cannot be resumed '
                                  'by this version. Its finished levels can still be analysed (python -m '
                                  'composer_imp.analyze). Use another save_folder, or --overwrite to start over.')
+            old['imp'] = self.folder.recorded_imp()
             changed = [f'{key} ({a!r} -> {b!r})' for key, a, b in changed_keys(old, new)
                        if key.split('.')[0] not in RESUMABLE_KEYS and a != '<unset>']
             if changed:

@@ -1,12 +1,15 @@
-"""The rewind point: a full Composer checkpoint of the dense run at step τ.
+"""The rewind point: a full Composer checkpoint of the pretraining at step τ (Algorithm 1, phase 1).
 
-Every pruned level starts from this checkpoint with ``Trainer(load_path=..., load_weights_only=False)``,
-so it restores, as the dense run had them at step τ:
+Every level, level 0 included, trains from this checkpoint with ``Trainer(load_path=..., load_weights_only=False)``
+(at τ = 0, level 0 is the run from initialization itself). It restores:
 
 * the weights ``w_τ`` (then :class:`~composer_imp.keep_mask.KeepMask` zeroes the pruned ones),
-* the optimizer state (momentum / Adam moments at τ; pruned entries are zeroed by ``KeepMask``),
 * the schedulers and the timestamp, so the learning rate continues from the *absolute* step τ,
-* the RNG state and the dataloader position, so every level sees the dense run's data order from τ on.
+* the optimizer state at τ; the level loop clears it on load (a fresh optimizer, as OpenLTH builds one per level)
+  unless ``IMP(rewind_optimizer=True)``,
+* the dataloader position; with ``IMP(data_order='replay')`` also the RNG state, so every level replays the
+  pretraining's data order and augmentation draws from τ on. With ``'new'`` (the default) the checkpoint is saved
+  without RNG state and each level draws its own order (:func:`~composer_imp.data_order.branch_data_seed`).
 
 Example:
     >>> trainer = Trainer(..., callbacks=[RewindCheckpoint('2000ba', 'runs/x/rewind/rewind.pt')])  # doctest: +SKIP
@@ -54,11 +57,15 @@ class RewindCheckpoint(Callback):
     Args:
         rewind: τ as an int (batches) or a time string in batches or epochs.
         path: where to write the checkpoint (rank 0 writes; every rank must run this callback).
+        keep_rng: save the RNG state (``False``: runs loading it draw their own randomness).
+        stop: stop training once it is saved (the pretraining phase ends at τ).
     """
 
-    def __init__(self, rewind: Union[str, int, Time], path: str):
+    def __init__(self, rewind: Union[str, int, Time], path: str, keep_rng: bool = True, stop: bool = False):
         self.rewind = parse_rewind(rewind)
         self.path = path
+        self.keep_rng = keep_rng
+        self.stop = stop
         self.tau: int = -1
         self.saved = False
 
@@ -74,6 +81,8 @@ class RewindCheckpoint(Callback):
     def batch_checkpoint(self, state: State, logger: Logger) -> None:
         if not self.saved and int(state.timestamp.batch) == self.tau:
             self._save(state)
+        if self.stop and self.saved:
+            state.stop_training()
 
     def fit_end(self, state: State, logger: Logger) -> None:
         if not self.saved:
@@ -90,7 +99,7 @@ class RewindCheckpoint(Callback):
         # which fills momentum with weight_decay * w. Undo that so the checkpoint leaves training untouched;
         # levels rewound to τ = 0 skip loading optimizer state (see composer_imp.level_loop).
         stateless = [opt for opt in state.optimizers if not opt.state]
-        checkpoint.save_checkpoint(state, tmp)
+        checkpoint.save_checkpoint(state, tmp, ignore_keys=None if self.keep_rng else ['rng'])
         for opt in stateless:
             opt.state.clear()
         if dist.get_global_rank() == 0:

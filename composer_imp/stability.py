@@ -28,6 +28,7 @@ from composer.utils import dist
 
 from composer_imp.artifacts import RunFolder, atomic_torch_save, atomic_write_text
 from composer_imp.connectivity import DEFAULT_BETAS, linear_path
+from composer_imp.data_order import branch_data_seed
 from composer_imp.level_loop import MakeTrainer, build_level_trainer, fit_level, imp_trainer_args, on_rank0
 from composer_imp.masks import full_mask, load_mask, unwrap_model
 from composer_imp.plots import plot_stability
@@ -42,8 +43,9 @@ def _dense_branch(make_trainer: MakeTrainer, folder: RunFolder, name: str, data_
     trained before is reused."""
     path = os.path.join(folder.root, 'stability', name, 'weights.pt')
     seed = on_rank0(folder.recorded_seed)
-    trainer, imp = build_level_trainer(make_trainer, 1, seed, imp_trainer_args(folder, 1, None, f'stability-{name}'),
-                                       data_seed)
+    shift = data_seed - on_rank0(folder.recorded_data_seed)
+    trainer, imp = build_level_trainer(make_trainer, 0, seed, imp_trainer_args(folder, 0, None, f'stability-{name}',
+                                                                               data_shift=shift), data_seed)
     model = unwrap_model(trainer.state.model)
     loader = trainer.state.evaluators[0].dataloader.dataloader
     change(model)  # also on a re-run: it may record what it measures of w_τ (the perturbation's norm)
@@ -100,7 +102,7 @@ def instability(make_trainer: MakeTrainer, save_folder: str, data_seeds: Sequenc
 def perturbation(make_trainer: MakeTrainer, save_folder: str, seed: int = 0, betas: Sequence[float] = DEFAULT_BETAS,
                  tolerance: float = 0.01) -> dict:
     """Perturb ``w_τ`` by a Gaussian direction over the prunable weights with norm ``‖(1 - m_1) ⊙ w_τ‖``, train the
-    dense network from there (the run's data order), and compare its connectivity to level 0 with level 1's.
+    dense network from there (level 0's data order), and compare its connectivity to level 0 with level 1's.
 
     Returns (and writes to ``stability/perturbation.json``) ``{'norm', 'perturbed': {'betas', 'errors', 'barrier'}
     (path w_0 → perturbed solution), 'level_1': {...} (path w_0 → w_1), 'tolerance', 'connected'}``.
@@ -123,8 +125,8 @@ def perturbation(make_trainer: MakeTrainer, save_folder: str, seed: int = 0, bet
         norm.append(float(distance))
 
     betas = sorted(set(float(b) for b in betas))
-    perturbed, model, loader = _dense_branch(make_trainer, folder, f'perturbed_seed{seed}',
-                                             on_rank0(folder.recorded_data_seed), perturb)
+    level0_order = on_rank0(lambda: branch_data_seed(folder.recorded_data_seed(), 0, folder.recorded_imp()['data_order']))
+    perturbed, model, loader = _dense_branch(make_trainer, folder, f'perturbed_seed{seed}', level0_order, perturb)
     dense, level1 = on_rank0(lambda: (folder.load_weights(0), folder.load_weights(1)))
     to_perturbed = linear_path(model, dense, perturbed, loader, betas)
     to_level1 = linear_path(model, dense, level1, loader, betas)

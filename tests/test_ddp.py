@@ -225,10 +225,10 @@ def test_streaming_and_ffcv_loaders_give_each_rank_its_own_samples_and_evaluate_
     for level in range(2):
         dumps = [torch.load(out / f'rank{r}_level{level}.pt', weights_only=True) for r in (0, 1)]
         epochs = set(dumps[0]['train_labels']) | set(dumps[1]['train_labels'])
-        assert epochs == ({0, 1} if level == 0 else {1}), (level, epochs)  # level 1 trains from τ = 1ep
+        assert epochs == {1}, (level, epochs)  # every level trains from τ = 1ep (the pretraining had epoch 0)
         for epoch in epochs:  # per epoch, the two ranks' batches together are the training set, each sample once
             per_rank = [d['train_labels'].get(epoch, []) for d in dumps]
-            # every epoch is whole (level 1 starts at the rewind point, the start of epoch 1): 50 samples per rank
+            # every epoch is whole (levels start at the rewind point, the start of epoch 1): 50 samples per rank
             assert len(per_rank[0]) == len(per_rank[1]) == 50, (level, epoch, [len(p) for p in per_rank])
             assert sorted(per_rank[0] + per_rank[1]) == train_labels, f'level {level} epoch {epoch}: ranks overlap'
         # evaluation covers every example, and the accuracy metric counts each exactly once across ranks

@@ -63,7 +63,8 @@ def test_a_recipe_with_the_deprecated_imp_block_still_runs_and_warns(legacy_run)
     # Recorded in the new form: the translated settings, so the run folder is a current one.
     cfg = OmegaConf.to_container(OmegaConf.load(folder / 'config.yaml'))
     assert cfg['levels'] == 1 and cfg['algorithms'] == {'IMP': {'ratio': 0.2, 'rewind': '23ba'}}
-    assert cfg['imp'] == {'name': 'IMP', 'ratio': 0.2, 'rewind': '23ba', 'ignore': [], 'scope': 'global'}
+    assert cfg['imp'] == {'name': 'IMP', 'ratio': 0.2, 'rewind': '23ba', 'ignore': [], 'scope': 'global',
+                          'rewind_optimizer': False, 'data_order': 'new'}
 
 
 def test_the_same_deprecated_recipe_resumes_its_run(legacy_run):

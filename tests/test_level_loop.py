@@ -72,7 +72,7 @@ def test_user_recipe_gets_imp_with_all_outputs(tmp_path, user_loaders, caplog):
     rows = find_ticket(make_trainer, str(tmp_path), levels=3, seed=5)
 
     assert [r['level'] for r in rows] == [0, 1, 2, 3]
-    assert _fitted(make_trainer) == [0, 1, 2, 3]
+    assert _fitted(make_trainer) == [0, 0, 1, 2, 3]  # the pretraining to τ, then level 0 from w_τ
     assert all(r.seed == 5 for r in make_trainer.records)
     summary = json.loads((tmp_path / 'summary.json').read_text())['levels']
     assert summary == rows
@@ -84,7 +84,7 @@ def test_user_recipe_gets_imp_with_all_outputs(tmp_path, user_loaders, caplog):
         assert r['wall_seconds'] >= r['fit_seconds'] > 0
         assert json.loads((tmp_path / f"level_{r['level']:02d}" / 'level.json').read_text()) == r
     assert rows[0]['steps'] == 56 and all(r['steps'] == 51 for r in rows[1:])
-    assert rows[0]['start_step'] == 0 and all(r['start_step'] == 5 for r in rows[1:])
+    assert all(r['start_step'] == 5 for r in rows) and rows[0]['pretraining_steps'] == 5
     assert rows[-1]['cumulative_steps'] == 56 + 3 * 51
     assert [r['ratio'] for r in rows] == [0.0, 0.2, 0.2, 0.2]
     assert rows[0]['accuracy'] > 0.5, 'the dense net should learn digits'
@@ -101,13 +101,12 @@ def test_user_recipe_gets_imp_with_all_outputs(tmp_path, user_loaders, caplog):
         for k, m in mask.items():
             assert torch.all(weights[k][~m] == 0)
         assert json.loads((tmp_path / f'level_{level:02d}' / 'selection.json').read_text())['ratio'] == rows[level]['ratio']
-    # Levels >= 1 were built with imp_args that load the rewind point.
-    assert all(r.imp_args.get('load_path') == str(tmp_path / 'rewind' / 'rewind.pt')
-               for r in make_trainer.records if r.level > 0)
+    # Every level was built with imp_args that load the rewind point; the pretraining with none.
+    assert [r.imp_args.get('load_path') for r in make_trainer.records] == [None] + 4 * [str(tmp_path / 'rewind' / 'rewind.pt')]
     assert os.path.isfile(tmp_path / 'rewind' / 'rewind.pt')
     config = OmegaConf.load(tmp_path / 'config.yaml')
     assert OmegaConf.to_container(config.imp) == {'name': 'IMP', 'ratio': 0.2, 'rewind': '5ba', 'ignore': [],
-                                                  'scope': 'global'}
+                                                  'scope': 'global', 'rewind_optimizer': False, 'data_order': 'new'}
     assert config.levels == 3 and config.seed == 5 and config.target_sparsity is None
     png = tmp_path / 'accuracy_vs_compute.png'
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and png.stat().st_size > 10_000
@@ -131,12 +130,12 @@ def test_user_recipe_gets_imp_with_all_outputs(tmp_path, user_loaders, caplog):
     # Re-running the same command finishes at once: done levels are kept, not retrained.
     caplog.clear()
     again = find_ticket(make_trainer, str(tmp_path), levels=3, seed=5)
-    assert again == rows and _fitted(make_trainer) == [0, 1, 2, 3]
+    assert again == rows and _fitted(make_trainer) == [0, 0, 1, 2, 3]
     assert sum('already done' in r.getMessage() for r in caplog.records) == 4
 
     # More levels extend the run: only level 4 trains.
     more = find_ticket(make_trainer, str(tmp_path), levels=4, seed=5)
-    assert more[:4] == rows and more[4]['level'] == 4 and _fitted(make_trainer) == [0, 1, 2, 3, 4]
+    assert more[:4] == rows and more[4]['level'] == 4 and _fitted(make_trainer) == [0, 0, 1, 2, 3, 4]
     assert more[4]['remaining'] == pytest.approx(total * 0.8 ** 4, abs=3)
 
     # A different IMP on the same folder is refused, naming the changed key; nothing is touched or trained.
@@ -148,7 +147,16 @@ def test_user_recipe_gets_imp_with_all_outputs(tmp_path, user_loaders, caplog):
                     str(tmp_path), levels=4, seed=5)
     with pytest.raises(ValueError, match=r'seed \(5 -> 6\)'):
         find_ticket(make_trainer, str(tmp_path), levels=4, seed=6)
-    assert (tmp_path / 'summary.json').read_bytes() == before and _fitted(make_trainer) == [0, 1, 2, 3, 4]
+    # A run made before the rewinding options restored the optimizer and replayed the data order: not mixed.
+    current = (tmp_path / 'config.yaml').read_text()
+    legacy = OmegaConf.load(tmp_path / 'config.yaml')
+    del legacy.imp['rewind_optimizer'], legacy.imp['data_order']
+    OmegaConf.save(legacy, tmp_path / 'config.yaml')
+    for changed in (r"imp.data_order \('replay' -> 'new'\)", r'imp.rewind_optimizer \(True -> False\)'):
+        with pytest.raises(ValueError, match=changed):
+            find_ticket(make_trainer, str(tmp_path), levels=4, seed=5)
+    (tmp_path / 'config.yaml').write_text(current)
+    assert (tmp_path / 'summary.json').read_bytes() == before and _fitted(make_trainer) == [0, 0, 1, 2, 3, 4]
 
     # A folder made before IMP became a Composer component (an imp: block with levels) is refused for resume
     # with the reason; its levels are still analysed below.
@@ -158,7 +166,7 @@ def test_user_recipe_gets_imp_with_all_outputs(tmp_path, user_loaders, caplog):
     OmegaConf.save(OmegaConf.create(old), tmp_path / 'config.yaml')
     with pytest.raises(ValueError, match='before IMP/AdaptiveIMP became Composer components'):
         find_ticket(make_trainer, str(tmp_path), levels=4, seed=5)
-    assert (tmp_path / 'summary.json').read_bytes() == before and _fitted(make_trainer) == [0, 1, 2, 3, 4]
+    assert (tmp_path / 'summary.json').read_bytes() == before and _fitted(make_trainer) == [0, 0, 1, 2, 3, 4]
 
     # The landscape analysis of a Python-API run, with the user's own model (as its Trainer holds it) and loaders.
     from composer_imp.analysis import LandscapeSettings, analyze_run
@@ -234,8 +242,8 @@ def test_a_trainer_that_does_not_load_the_rewind_point_is_refused(tmp_path, make
     with pytest.raises(ValueError, match=rf"Level 1: the Trainer loaded None, but IMP passed load_path='{rewind}'. "
                                          r'Pass \*\*imp_args to Trainer'):
         find_ticket(ignores_imp_args, str(tmp_path), levels=2)
-    assert [r.level for r in recipe.records if r.end is not None] == [0], 'level 1 must not train'
-    assert [r.level for r in recipe.records] == [0, 1]
+    assert [r.level for r in recipe.records if r.end is not None] == [0, 0], 'level 1 must not train'
+    assert [r.level for r in recipe.records] == [0, 0, 1]
     # Level 0's artifacts stay, and level 0 resumes as done once the recipe is fixed.
     from composer_imp.artifacts import RunFolder
     folder = RunFolder(str(tmp_path))
@@ -243,7 +251,7 @@ def test_a_trainer_that_does_not_load_the_rewind_point_is_refused(tmp_path, make
     assert [r['level'] for r in folder.read_summary()] == [0]
     rows = find_ticket(recipe, str(tmp_path), levels=1)
     assert [r['level'] for r in rows] == [0, 1]
-    assert [r.level for r in recipe.records if r.end is not None] == [0, 1]
+    assert [r.level for r in recipe.records if r.end is not None] == [0, 0, 1]
 
 
 def test_rewind_after_end_is_refused_before_training(tmp_path, make_trainer_factory):

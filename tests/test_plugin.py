@@ -99,7 +99,7 @@ def test_blurpool_and_squeeze_excite_with_channels_last_and_label_smoothing(tmp_
     for name, m in mask.items():
         assert torch.count_nonzero(weights[name][~m]) == 0
     assert rows[2]['weights_remaining'] == pytest.approx(0.25, abs=0.01)
-    assert [r['start_step'] for r in rows] == [0, 4, 4]
+    assert [r['start_step'] for r in rows] == [4, 4, 4]  # level 0 too trains from w_τ
 
 
 def test_fitting_a_trainer_with_imp_outside_the_loop_names_the_fix(digits_loaders):

@@ -170,17 +170,20 @@ def test_each_replicate_of_a_real_run_trains_on_its_own_data_order(tmp_path):
     from omegaconf import OmegaConf
     from composer_imp import find_ticket
     from composer_imp.config import load_config
-    from composer_imp.data_order import reseed_data_order
+    from composer_imp.data_order import branch_data_seed, reseed_data_order
     from composer_imp.recipes import build_recipe
     recipe = build_recipe(load_config(QUICK, [f'save_folder={tmp_path}', 'data.num_workers=0', 'levels=0',
                                               'algorithms.IMP.rewind=1ba', 'max_duration=3ba', 'eval_interval=3ba',
                                               'model.width=4', 'progress_bar=false', 'analysis.enabled=false']))
     loader = recipe.train_dataloader
     expected = []
-    for data_seed in (0, 1):
-        reseed_data_order(loader, data_seed)
-        loader.sampler.set_epoch(0)
-        expected.append([y for _, (x, y) in zip(range(3), loader)])
+    for data_seed in (0, 1):  # the pretraining's first batch in the replicate's order, then level 0's own order
+        orders = []
+        for seed in (data_seed, branch_data_seed(data_seed, 0, 'new')):
+            reseed_data_order(loader, seed)
+            loader.sampler.set_epoch(0)
+            orders.append([y for _, (x, y) in zip(range(3), loader)])
+        expected.append(orders[0][:1] + orders[1][1:])
     reseed_data_order(loader, 0)
 
     seen = {}

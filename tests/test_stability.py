@@ -22,7 +22,7 @@ def test_instability_and_perturbation_branch_from_the_rewind_point(tmp_path, mak
 
     result = instability(make_trainer, str(tmp_path), betas=[0.0, 0.5, 1.0], tolerance=0.01)
     copies = [r for r in make_trainer.records if r.end is not None][fitted:]
-    assert len(copies) == 2 and all(r.level == 1 and r.imp_args['load_path'].endswith('rewind.pt') for r in copies)
+    assert len(copies) == 2 and all(r.level == 0 and r.imp_args['load_path'].endswith('rewind.pt') for r in copies)
     assert all(torch.equal(copies[0].start[k], copies[1].start[k]) for k in copies[0].start), 'both start at w_τ'
     assert not torch.equal(copies[0].end['module.fc.weight'], copies[1].end['module.fc.weight']), 'other data orders'
     saved = [torch.load(tmp_path / 'stability' / f'copy_seed{s}' / 'weights.pt', weights_only=True) for s in (1, 2)]

@@ -74,6 +74,9 @@ def test_converter_refuses_to_overwrite_and_reader_names_missing_shards(tmp_path
 
 
 def test_levels_continue_the_streamed_data_order_from_tau(tmp_path):
+    """The rewind point carries Streaming's position and shuffle seed: every level starts at τ's sample, in the
+    pretraining's order (replay) or each in its own (new). Two runs share the loaders in one process: the second
+    pretraining starts at the beginning, not at the position the first run's levels resumed from."""
     from composer import Trainer
     from composer_imp import IMP, find_ticket
     from composer_imp.data import make_loaders
@@ -85,20 +88,28 @@ def test_levels_continue_the_streamed_data_order_from_tau(tmp_path):
     _, train, val = make_loaders('streaming', {'data_root': str(tmp_path / 'mds'), 'kind': 'cifar10', 'device_batch_size': 10,
                                                   'device_eval_batch_size': 10}, {'batch_size': 10, 'eval_batch_size': 10})
     tau = 13  # 10 batches per epoch: mid-epoch 2, restored from Streaming's own state in the rewind checkpoint
-    probes = {}
+    first = {}
 
-    def make_trainer(level, seed, imp_args):  # the loaders are built once and reused by every level
-        model = build_model('resnet20', num_classes=10, width=4)
-        probes[level] = Probe(at=tau if level == 0 else None)
-        return Trainer(model=model, optimizers=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
-                       train_dataloader=train, eval_dataloader=val, max_duration='2ep', callbacks=[probes[level]],
-                       algorithms=[IMP(ratio=0.2, rewind=f'{tau}ba')], progress_bar=False, device='cpu', seed=seed,
-                       **imp_args)
+    for data_order in ('replay', 'new'):
+        probes = []
 
-    rows = find_ticket(make_trainer, str(tmp_path / 'run'), levels=1, seed=3)
-    assert [r['level'] for r in rows] == [0, 1] and rows[1]['start_step'] == tau
-    assert probes[0].snap['step'] == tau and probes[1].snap['step'] == tau and rows[1]['steps'] == 20 - tau
-    assert torch.equal(probes[1].snap['labels'], probes[0].snap['labels']), 'level 1 must see the dense order from tau'
+        def make_trainer(level, seed, imp_args):  # the loaders are built once and reused by every level and run
+            model = build_model('resnet20', num_classes=10, width=4)
+            probes.append(Probe())
+            return Trainer(model=model, optimizers=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                           train_dataloader=train, eval_dataloader=val, max_duration='2ep', callbacks=[probes[-1]],
+                           algorithms=[IMP(ratio=0.2, rewind=f'{tau}ba', data_order=data_order)], progress_bar=False,
+                           device='cpu', seed=seed, **imp_args)
+
+        rows = find_ticket(make_trainer, str(tmp_path / data_order), levels=1, seed=3)
+        assert [r['level'] for r in rows] == [0, 1] and rows[1]['start_step'] == tau and rows[1]['steps'] == 20 - tau
+        first[data_order] = [p.snap for p in probes]  # the pretraining's first batch, then each level's first
+        assert [s['step'] for s in first[data_order]] == [0, tau, tau]
+    (pre_r, level0_r, level1_r), (pre_n, level0_n, level1_n) = first['replay'], first['new']
+    assert torch.equal(pre_r['labels'], pre_n['labels']), 'each pretraining starts at the beginning of its order'
+    assert torch.equal(level0_r['labels'], level1_r['labels']), 'replay: every level continues the pretraining order'
+    assert not torch.equal(level0_n['labels'], level0_r['labels']), 'new: level 0 draws its own order from τ'
+    assert not torch.equal(level1_n['labels'], level0_n['labels']), 'new: and level 1 another'
 
 
 def test_sigkilled_streaming_run_resumes_to_the_uninterrupted_result(tmp_path):
