@@ -72,6 +72,7 @@ from composer_imp.artifacts import RunFolder, atomic_write_text, replicate_folde
 from composer_imp.config import IMP_NAMES, config_from_dict, load_config  # noqa: E402
 from composer_imp.connectivity import DEFAULT_BETAS, linear_path, plane_slice  # noqa: E402
 from composer_imp.models import build_model  # noqa: E402
+from composer_imp.plots import draw_successive_paths  # noqa: E402
 from composer_imp.recipes import Recipe, build_recipe  # noqa: E402
 from composer_imp.replicates import analyze_replicates  # noqa: E402
 
@@ -82,7 +83,7 @@ RECIPES = {
     'cifar10_resnet20': 'yamls/cifar10_resnet20_imp.yaml',
     'digits': 'yamls/quickstart.yaml',
 }
-STAGES = ('fixed', 'adaptive', 'tau0', 'rewinding', 'oneshot', 'landscape', 'controls', 'compute', 'report')
+STAGES = ('fixed', 'adaptive', 'tau0', 'rewinding', 'oneshot', 'controls', 'landscape', 'compute', 'report')
 # Small, short versions of each recipe for --smoke (plumbing on a CPU, or a few minutes on a lent GPU).
 SMOKE_OVERRIDES = {
     'fmnist': ['levels=2', 'data.train_subset=2048', 'max_duration=2ep', 'eval_interval=2ep',
@@ -575,7 +576,7 @@ class Reproduction:
         return out
 
     def stage_controls(self) -> Optional[dict]:
-        """Random-mask and reinit controls at the sparsest matching level and the first level beyond it."""
+        """Random-mask and reinit controls at the sparsest matching level and the sparsest level trained."""
         stage = read_json(self.path('fixed', 'stage.json'))
         if stage is None or not self.finished('fixed'):
             log.warning('stage controls needs the finished fixed stage; skipped')
@@ -608,13 +609,12 @@ class Reproduction:
 
 
 def control_levels(table: dict) -> list[int]:
-    """The sparsest matching pruned level and the first pruned level beyond it (as many of these as exist)."""
-    pruned = table['levels'][1:]
-    matching = [lv['level'] for lv in pruned if lv['matching']]
-    if not matching:
-        return [pruned[0]['level']] if pruned else []
-    beyond = [lv['level'] for lv in pruned if lv['level'] > matching[-1]]
-    return [matching[-1]] + beyond[:1]
+    """The sparsest matching pruned level and the sparsest level trained (where a ticket's mask and weights should
+    matter most), as many of these as exist."""
+    pruned = [lv['level'] for lv in table['levels'][1:]]
+    matching = [lv['level'] for lv in table['levels'][1:] if lv['matching']]
+    first = matching[-1] if matching else (pruned[0] if pruned else None)
+    return [] if first is None else [first] + [lv for lv in pruned[-1:] if lv != first]
 
 
 def compute_ratio(fixed: list[list[dict]], adaptive: list[list[dict]]) -> dict:
@@ -833,13 +833,7 @@ class Report:
             return None
         fig, ax = plt.subplots(figsize=(11, 4.5))
         dense, tol = land['dense_error']['mean'], land['tolerance']
-        for s in land['successive']:
-            x = [s['from'] + b * (s['to'] - s['from']) for b in s['betas']]
-            mean = np.array([100 * e['mean'] for e in s['errors']])
-            std = np.array([100 * e['std'] for e in s['errors']])
-            color = 'tab:green' if s['connected'] else 'tab:purple'
-            ax.plot(x, mean, color=color, marker='.')
-            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
+        draw_successive_paths(ax, land['successive'], not_connected='tab:purple')
         for s in (land.get('tau0') or {}).get('successive', []):
             x = [s['from'] + b * (s['to'] - s['from']) for b in s['betas']]
             ax.plot(x, [100 * e for e in s['errors']], color='tab:red', ls='--', lw=1)
@@ -1292,8 +1286,10 @@ class Report:
         """Ticket against controls per level and seed."""
         c = self.controls
         lines = [f'At level {c["levels"][0]} (the sparsest level matching in the mean)'
-                 + (f' and level {c["levels"][1]} (the first beyond it)' if len(c['levels']) > 1 else '') +
-                 ', each control retrained from the rewind point with the run\'s recipe (same τ, schedule, data order).',
+                 + (f' and level {c["levels"][1]} (the sparsest trained)' if len(c['levels']) > 1 else '') +
+                 ', each control retrained from the rewind point with the run\'s recipe (same τ and schedule, the '
+                 'ticket level\'s data order; reinit: a fresh initialization from another seed under the ticket\'s '
+                 'mask; random_mask: the ticket\'s per-layer counts at random positions).',
                  '', '| level | weights remaining | seed | ticket | ' + ' | '.join(self.rep.plan.control_kinds) + ' |',
                  '|---|---|---|---|' + '---|' * len(self.rep.plan.control_kinds)]
         for level in c['levels']:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 import matplotlib.ticker
@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from composer_imp.artifacts import RunFolder, atomic_write_text  # noqa: E402
 
-__all__ = ['plot_accuracy_vs_compute', 'plot_landscape_report', 'plot_replicates', 'plot_stability']
+__all__ = ['plot_accuracy_vs_compute', 'plot_landscape_report', 'plot_replicates', 'plot_stability',
+           'draw_successive_paths']
 
 
 def plot_accuracy_vs_compute(runs: Mapping[str, Sequence[dict]], path: str) -> str:
@@ -235,6 +236,18 @@ def plot_stability(result: dict, path: str) -> str:
     return path
 
 
+def draw_successive_paths(ax: Any, successive: Sequence[dict], not_connected: str = 'tab:red') -> None:
+    """Figure 2 (left) on ``ax``: the test error (%) along each successive path at x = level + β, mean ± std over
+    replicates, green where the pair is connected."""
+    for s in successive:
+        x = [s['from'] + b * (s['to'] - s['from']) for b in s['betas']]
+        mean = np.array([100 * e['mean'] for e in s['errors']])
+        std = np.array([100 * e['std'] for e in s['errors']])
+        color = 'tab:green' if s['connected'] else not_connected
+        ax.plot(x, mean, color=color, marker='.')
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
+
+
 def plot_replicates(result: dict, out: str) -> list[str]:
     """``replicates.png`` (error vs weights remaining, barriers; mean ± std over replicates) and ``replicates.md``."""
     levels, successive = result['levels'], result['successive']
@@ -252,13 +265,7 @@ def plot_replicates(result: dict, out: str) -> list[str]:
     ax_e.set_xlabel('weights remaining (%)')
     ax_e.set_ylabel('test error (%)')
     ax_e.set_title('Test error vs sparsity across replicates')
-    for s in successive:  # Figure 2 left: the error along each successive path, mean ± std over replicates
-        x_path = [s['from'] + b * (s['to'] - s['from']) for b in s['betas']]
-        mean = np.array([100 * e['mean'] for e in s['errors']])
-        std = np.array([100 * e['std'] for e in s['errors']])
-        color = 'tab:green' if s['connected'] else 'tab:red'
-        ax_p.plot(x_path, mean, color=color, marker='.')
-        ax_p.fill_between(x_path, mean - std, mean + std, color=color, alpha=0.2)
+    draw_successive_paths(ax_p, successive)
     ax_p.axhline(100 * (dense + tol), color='black', ls=':', label=f'matching threshold (dense + {name})')
     ax_p.plot([], [], color='tab:green', label='connected (mean barrier ≤ tolerance)')
     ax_p.plot([], [], color='tab:red', label='not connected')
