@@ -1112,9 +1112,9 @@ class Report:
                        + (f'a {100 * (1 - ratio):.0f}% saving, ' if ratio < 1 else f'{100 * (ratio - 1):.0f}% more, ')
                        + f'against the paper\'s ≈ {100 * PAPER_COMPUTE_SAVING:.0f}% saving (Figure 4: 7 retrainings '
                        'instead of 11) '
-                       + ('(agrees in direction' + (f' and size: at least half the paper\'s saving).'
+                       + ('(agrees in direction' + (' and size: at least half the paper\'s saving).'
                                                     if 1 - ratio >= 0.5 * PAPER_COMPUTE_SAVING
-                                                    else f', smaller than half the paper\'s saving).')
+                                                    else ', smaller than half the paper\'s saving).')
                           if ratio < 1 else '(does not agree).'))
         elif c:
             out.append('* **Claim 2 (AdaptiveIMP)**: no weights-remaining level is matching in the mean for both '

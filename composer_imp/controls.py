@@ -75,8 +75,9 @@ def run_control(make_trainer: MakeTrainer, save_folder: str, level: int, kind: s
         return done
     ticket = on_rank0(lambda: load_mask(folder.mask(level)))
     dense = on_rank0(lambda: folder.read_row(0))
-    run_seed, run_order = on_rank0(lambda: (folder.recorded_seed(), folder.recorded_data_seed()))
-    order = on_rank0(lambda: branch_data_seed(run_order, level, folder.recorded_imp()['data_order']))  # the ticket's
+    run_seed, run_order, data_order = on_rank0(lambda: (folder.recorded_seed(), folder.recorded_data_seed(),
+                                                        folder.recorded_imp()['data_order']))
+    order = branch_data_seed(run_order, level, data_order)  # the ticket level's own data order
     mask = random_mask_like(ticket, seed) if kind == 'random_mask' else ticket
     fresh = None
     if kind == 'reinit':
