@@ -241,6 +241,7 @@ class _Run:
         self.run_name = str(self.user_config.get('run_name') or os.path.basename(os.path.abspath(save_folder)) or 'imp')
         self.rows: list[dict] = []
         self.tau, self.data_order = 0, 'new'  # the recipe's, read from the pretraining's Trainer
+        self.pretraining_resumed_from: Optional[int] = None  # the step Composer autoresumed the pretraining from
 
     def build(self, level: Optional[int]) -> tuple[Trainer, IMP]:
         """The Trainer of ``level`` (``None``: the pretraining, with the run's own data order)."""
@@ -276,8 +277,9 @@ class _Run:
         for level in range(self.levels + 1):
             if on_rank0(lambda: self.folder.verify(level)):
                 row, mask = on_rank0(lambda: (self.folder.read_row(level), load_mask(self.folder.mask(level))))
-                if trainer is not None:
+                if trainer is not None:  # the pretraining's, built only to check the recipe
                     trainer.close()
+                    self.drop_pretraining_checkpoints()  # its autoresume created the folder
                 log_rank0('level %02d already done (%.1f%% weights remaining), skipped', level,
                           100 * row['weights_remaining'])
             else:
@@ -310,10 +312,15 @@ class _Run:
         if self.tau > 0 and not on_rank0(lambda: os.path.isfile(self.folder.rewind)):
             log_rank0('pretraining: %d steps from initialization to the rewind point', self.tau)
             imp.start_pretraining(self.folder.rewind)
+            self.pretraining_resumed_from = int(trainer.state.timestamp.batch) or None
             trainer.fit()
         close_trainer(trainer)
+        self.drop_pretraining_checkpoints()
+
+    def drop_pretraining_checkpoints(self) -> None:
+        """Once the rewind point exists, the pretraining's checkpoints are obsolete: it holds what they were for."""
         if dist.get_global_rank() == 0 and os.path.isdir(self.folder.pretraining_checkpoints):
-            shutil.rmtree(self.folder.pretraining_checkpoints)  # the rewind point holds what they were for
+            shutil.rmtree(self.folder.pretraining_checkpoints)
         dist.barrier()
 
     def train(self, level: int, trainer: Trainer, imp: IMP, previous: Optional[Mask]) -> tuple[dict, Mask]:
@@ -332,6 +339,7 @@ class _Run:
         row = {**result.row, 'ratio': ratio, 'sweep': sweep}
         # Level 0's compute includes the pretraining (Algorithm 1, phase 1): every level after it starts at τ.
         row['pretraining_steps'] = self.tau if level == 0 else 0
+        row['pretraining_resumed_from_step'] = self.pretraining_resumed_from if level == 0 else None
         row['steps'] += row['pretraining_steps']
         prev = self.rows[-1] if self.rows else None
         row['cumulative_steps'] = row['steps'] + (prev['cumulative_steps'] if prev else 0)

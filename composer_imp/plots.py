@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from composer_imp.artifacts import RunFolder, atomic_write_text  # noqa: E402
 
 __all__ = ['plot_accuracy_vs_compute', 'plot_landscape_report', 'plot_replicates', 'plot_stability',
-           'draw_successive_paths']
+           'draw_plane', 'draw_successive_paths']
 
 
 def plot_accuracy_vs_compute(runs: Mapping[str, Sequence[dict]], path: str) -> str:
@@ -110,25 +110,8 @@ def plot_landscape_report(analysis: dict, out: str) -> list[str]:
         for ax in axes.flat[len(planes):]:
             ax.axis('off')
         for ax, plane in zip(axes.flat, planes):
-            # The paper's Figure 3: orthogonal axes, the projection and w_L+1 at fixed places on the axial line,
-            # the orthogonal direction drawn twice as long for visibility.
-            ys = plane['ys']
-            grid = np.array(plane['errors']) * 100
-            mesh = ax.contourf(plane['xs'], ys, grid, levels=20, cmap='viridis')
-            ax.contour(plane['xs'], ys, grid, levels=[100 * (dense + tol)], colors='black', linestyles=':')
-            ax.axhline(0, color='purple', ls='--', lw=1.2, label=f'axial subspace m_{plane["level"] + 1}')
-            anchor = plane['anchors']
-            for key, marker, color, name in (('w_L', '^', 'grey', f'w_{plane["level"]}'),
-                                             ('projection', 'x', 'orange', 'projection'),
-                                             ('next', '^', 'orange', f'w_{plane["level"] + 1}')):
-                ax.plot([anchor[key]['x']], [anchor[key]['y']], marker=marker, color=color, ms=10, mew=3, ls='',
-                        mec='black' if marker == '^' else color, label=f'{name}: {100 * anchor[key]["error"]:.2f}%')
+            fig.colorbar(draw_plane(ax, plane, dense + tol), ax=ax, label='test error (%)')
             ax.set_title(f'level {plane["level"]} → {plane["level"] + 1}')
-            ax.set_xlabel('along the axial line (|w_L+1 − projection| = 1)', fontsize=8)
-            ax.set_ylabel('orthogonal, towards w_L (drawn × 2)', fontsize=8)
-            ax.set_aspect(2, adjustable='box')
-            fig.colorbar(mesh, ax=ax, label='test error (%)')
-            ax.legend(fontsize=6, loc='upper center', bbox_to_anchor=(0.5, -0.2), ncol=2)
         fig.suptitle('Error on the plane through w_L, its projection and w_L+1 (dotted: matching error)')
         paths.append(os.path.join(out, 'planes.png'))
         fig.tight_layout()
@@ -234,6 +217,29 @@ def plot_stability(result: dict, path: str) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def draw_plane(ax: Any, plane: Mapping, threshold: float) -> Any:
+    """Figure 3 on ``ax``: the test error (%) on one plane of :func:`composer_imp.connectivity.plane_slice`, the
+    ``threshold`` error contour (dotted), the axial line and the three networks; returns the filled contour set for
+    a colorbar. As the paper draws it: orthogonal axes, the projection and w_L+1 at fixed places on the axial line,
+    the orthogonal direction drawn twice as long for visibility."""
+    grid = np.array(plane['errors']) * 100
+    mesh = ax.contourf(plane['xs'], plane['ys'], grid, levels=20, cmap='viridis')
+    ax.contour(plane['xs'], plane['ys'], grid, levels=[100 * threshold], colors='black', linestyles=':')
+    ax.plot([], [], color='black', ls=':', label=f'matching error {100 * threshold:.2f}%')
+    ax.axhline(0, color='purple', ls='--', lw=1.2, label=f'axial subspace of m_{plane["level"] + 1}')
+    anchor = plane['anchors']
+    for key, marker, color, name in (('w_L', '^', 'grey', f'w_{plane["level"]}'),
+                                     ('projection', 'x', 'orange', 'projection m ⊙ w_L'),
+                                     ('next', '^', 'orange', f'w_{plane["level"] + 1}')):
+        ax.plot([anchor[key]['x']], [anchor[key]['y']], marker=marker, color=color, ms=10, mew=3, ls='',
+                mec='black' if marker == '^' else color, label=f'{name}: {100 * anchor[key]["error"]:.2f}% error')
+    ax.set_xlabel('along the axial line (|w_L+1 − projection| = 1)', fontsize=8)
+    ax.set_ylabel('orthogonal, towards w_L (drawn × 2)', fontsize=8)
+    ax.set_aspect(2, adjustable='box')
+    ax.legend(fontsize=6, loc='upper center', bbox_to_anchor=(0.5, -0.2), ncol=2)
+    return mesh
 
 
 def draw_successive_paths(ax: Any, successive: Sequence[dict], not_connected: str = 'tab:red') -> None:

@@ -17,8 +17,10 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow  # real run.py subprocesses, SIGKILL: `-m 'not slow'` skips them
 
 QUICK = os.path.join(ROOT, 'yamls', 'quickstart.yaml')
+# τ = 35 of 66 steps: the pretraining checkpoints at steps 10, 20, 30 and each level at 40, 50, 60, so a kill after
+# the first checkpoint of either lands well before its end.
 SMALL = ['levels=2', 'max_duration=3ep', 'eval_interval=3ep', 'model.width=4', 'checkpoint_interval=10ba',
-         'progress_bar=false']
+         'progress_bar=false', 'algorithms.IMP.rewind=35ba']
 COMPARED = ('level', 'weights_remaining', 'remaining', 'ratio', 'accuracy', 'loss', 'eval', 'steps', 'start_step',
             'cumulative_steps', 'epsilon', 'train_loss_mean')
 
@@ -75,17 +77,28 @@ def _mid_level_2(folder):
     return (ckpts / 'latest-rank0.pt').exists()  # a complete checkpoint autoresume can find
 
 
-def test_sigkill_mid_level_then_same_command_resumes(tmp_path, reference):
-    _kill_when(tmp_path, _mid_level_2)
-    assert not (tmp_path / 'level_02' / 'level.json').exists()
+def test_sigkill_in_the_pretraining_then_mid_level_then_same_command_resumes(tmp_path, reference, reference_folder):
+    _kill_when(tmp_path, lambda f: (f / 'rewind' / 'checkpoints' / 'latest-rank0.pt').exists())
+    assert not (tmp_path / 'rewind' / 'rewind.pt').exists(), 'killed during the pretraining, before the rewind point'
+    _kill_when(tmp_path, _mid_level_2)  # the same command: resumes the pretraining, then is killed again in level 2
+    assert (tmp_path / 'rewind' / 'rewind.pt').exists() and not (tmp_path / 'level_02' / 'level.json').exists()
     _finish(tmp_path)
     state = _state(tmp_path)
     _assert_same(state, reference)
     rows = json.loads((tmp_path / 'summary.json').read_text())['levels']
     assert [r['level'] for r in rows] == [0, 1, 2], 'every level once'
+    assert rows[0]['pretraining_resumed_from_step'] in (10, 20, 30), 'the pretraining resumed, not restarted'
+    assert rows[0]['pretraining_steps'] == 35 and rows[0]['start_step'] == 35
+    first = json.loads((reference_folder / 'summary.json').read_text())['levels'][0]
+    assert first['pretraining_resumed_from_step'] is None
     assert rows[2]['resumed_from_step'] is not None and rows[2]['resumed_from_step'] > rows[2]['start_step'], \
         'level 2 must resume from its latest checkpoint, not retrain from the rewind point'
-    assert not (tmp_path / 'level_02' / 'checkpoints').exists(), 'checkpoints of a finished level are removed'
+    w_tau = [torch.load(f / 'rewind' / 'rewind.pt', weights_only=False)['state']['model']
+             for f in (reference_folder, tmp_path)]
+    assert w_tau[0].keys() == w_tau[1].keys() and all(torch.equal(w_tau[0][k], w_tau[1][k]) for k in w_tau[0]), \
+        'the resumed pretraining reaches the same w_τ'
+    for done in ('rewind', 'level_02'):
+        assert not (tmp_path / done / 'checkpoints').exists(), 'checkpoints are removed once what they were for is saved'
 
 
 def test_sigkill_between_levels_then_resume(tmp_path, reference):
