@@ -708,7 +708,7 @@ class Report:
         for ax in axes:
             self.draw_sparsity(ax)
         dense, eps = 100 * self.fixed_table['dense']['mean'], 100 * self.fixed_table['epsilon']
-        axes[1].set_ylim(dense - max(3.0, 8 * eps), dense + max(1.5, 3 * eps))
+        axes[1].set_ylim(dense - max(2.0, 8 * eps), dense + max(0.6, 3 * eps))
         axes[0].set_title('Accuracy against sparsity: IMP, AdaptiveIMP, τ = 0, one-shot pruning')
         axes[1].set_title('The same, zoomed on the dense accuracy ± ε')
         axes[0].legend(fontsize=8, loc='lower left')
