@@ -22,11 +22,11 @@ Stages, each in its own folder under ``--out``; re-running the same command skip
   an IMP run with one pruned level whose ratio is 0.95 / 0.98 / 0.99, same seed and data order as replicate 0 of
   ``fixed`` (so its level 0 is that replicate's dense solution, retrained; the report checks the weights' hash).
 * ``landscape``: :func:`composer_imp.replicates.analyze_replicates` over ``fixed`` (matching, barriers, connected
-  iff matching, LCS-sets) on a fixed test subsample; the pairwise maximum error on every ``--pairwise-stride``-th
+  iff matching, LCS-sets) on the test set (or ``Plan.test_subsample`` of it); the pairwise maximum error on every ``--pairwise-stride``-th
   level; 2-D slices at one matching and one non-matching level; :func:`composer_imp.analysis.analyze_run` over
   ``tau0`` and ``rewinding`` with the same ε.
-* ``controls``: :func:`composer_imp.run_controls` (random mask, reinit) at the sparsest matching level and the first
-  level beyond it.
+* ``controls``: :func:`composer_imp.run_controls` (random mask, reinit) at the sparsest matching level and the
+  sparsest level trained.
 * ``compute``: Figure 4 (accuracy against cumulative compute, training plus sweeps) and the compute ratio.
 * ``report``: ``docs/results.md`` (``--results``) with every figure under ``docs/results/`` and every table.
 
@@ -74,7 +74,7 @@ from composer_imp.connectivity import DEFAULT_BETAS, iff_verdict, linear_path, p
 from composer_imp.models import build_model  # noqa: E402
 from composer_imp.plots import draw_plane, draw_successive_paths  # noqa: E402
 from composer_imp.recipes import Recipe, build_recipe  # noqa: E402
-from composer_imp.replicates import analyze_replicates  # noqa: E402
+from composer_imp.replicates import analyze_replicates, stats  # noqa: E402
 
 log = logging.getLogger('reproduce')
 
@@ -137,11 +137,7 @@ class Plan:
     adaptive: dict = field(default_factory=dict)
 
 
-PLANS = {
-    'fmnist': Plan(),
-    'cifar10_resnet20': Plan(test_subsample=None, plane_grid=21),
-    'digits': Plan(test_subsample=None),
-}
+PLANS = {'fmnist': Plan(), 'cifar10_resnet20': Plan(plane_grid=21), 'digits': Plan()}
 SMOKE_PLAN = Plan(seeds=2, oneshot_remaining=(0.02,), tau0_levels=2, rewinding_levels=2, test_subsample=200, betas=(0.0, 0.5, 1.0),
                   pairwise_betas=(0.0, 0.5, 1.0), pairwise_stride=1, plane_grid=4, control_replicates=1,
                   adaptive={'subsample': 256, 'batch_size': 128})
@@ -160,13 +156,6 @@ def write_json(path: str, value: Any) -> None:
     """Write ``value`` as JSON atomically (a reader never sees half a file)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     atomic_write_text(json.dumps(value, indent=2), path)
-
-
-def stats(values: Sequence[float]) -> dict:
-    """Mean, sample standard deviation (0 for one value) and the values."""
-    values = [float(v) for v in values]
-    return {'mean': statistics.fmean(values), 'std': statistics.stdev(values) if len(values) > 1 else 0.0,
-            'values': values}
 
 
 def pct(x: Optional[float], digits: int = 2) -> str:
@@ -444,22 +433,20 @@ class Reproduction:
 
     def stage_tau0(self) -> Optional[dict]:
         """Fixed-20% IMP rewound to τ = 0, one seed."""
-        levels = self.depth(self.plan.tau0_levels)
-        if levels is None:
-            log.warning('stage tau0 trains as many levels as the fixed stage: it needs the finished fixed stage')
-            return {'incomplete': True, 'note': 'fixed stage missing'}
-        rows = self.ticket(self.tau0_cfg(levels), self.path('tau0'), levels)[0]
-        write_json(self.path('tau0', 'stage.json'), {'rows': rows})
-        return None
+        return self.single_run('tau0', self.plan.tau0_levels, self.tau0_cfg)
 
     def stage_rewinding(self) -> Optional[dict]:
         """Fixed-20% IMP with the optimizer state and data order of the pretraining replayed, one seed."""
-        levels = self.depth(self.plan.rewinding_levels)
+        return self.single_run('rewinding', self.plan.rewinding_levels, self.rewinding_cfg)
+
+    def single_run(self, stage: str, levels: Optional[int], make_cfg: Callable[[int], DictConfig]) -> Optional[dict]:
+        """One seed of ``make_cfg(levels)`` in ``OUT/stage``; ``levels=None``: as deep as the finished fixed stage."""
+        levels = self.depth(levels)
         if levels is None:
-            log.warning('stage rewinding trains as many levels as the fixed stage: it needs the finished fixed stage')
+            log.warning('stage %s trains as many levels as the fixed stage: it needs the finished fixed stage', stage)
             return {'incomplete': True, 'note': 'fixed stage missing'}
-        rows = self.ticket(self.rewinding_cfg(levels), self.path('rewinding'), levels)[0]
-        write_json(self.path('rewinding', 'stage.json'), {'rows': rows})
+        rows = self.ticket(make_cfg(levels), self.path(stage), levels)[0]
+        write_json(self.path(stage, 'stage.json'), {'rows': rows})
         return None
 
     def stage_oneshot(self) -> None:
@@ -675,22 +662,25 @@ class Report:
         self.adaptive_stage = read_json(rep.path('adaptive', 'stage.json'))
         self.oneshot = read_json(rep.path('oneshot', 'stage.json'))
         self.landscape = read_json(rep.path('landscape', 'landscape.json'))
-        first = (replicate_folders(rep.path('fixed')) or [None])[0]
-        self.replicate0_levels = ((read_json(os.path.join(first, 'analysis', 'analysis.json')) or {}).get('levels', [])
-                                  if first and self.landscape else [])
-        # Definition 2.1 per replicate and level, from each replicate's analysis (judged with the replicates' ε)
-        self.lcs = [{row['level']: row for row in (read_json(os.path.join(f, 'analysis', 'analysis.json')) or {}).get('lcs', [])}
+        # each replicate's own analysis (judged with the replicates' ε), written by the landscape stage
+        analyses = [read_json(os.path.join(f, 'analysis', 'analysis.json')) or {}
                     for f in replicate_folders(rep.path('fixed'))] if self.landscape else []
+        self.replicate0_levels = analyses[0].get('levels', []) if analyses else []
+        self.lcs = [{row['level']: row for row in a.get('lcs', [])} for a in analyses]  # Definition 2.1, per level
         self.controls = read_json(rep.path('controls', 'controls.json'))
         self.compute = read_json(rep.path('compute', 'compute.json'))
         self.fixed_table = matching_table(self.fixed) if self.fixed else None
         self.adaptive_table = matching_table(self.adaptive) if self.adaptive else None
 
     # ---- figures ---------------------------------------------------------------------------------------------
-    def figure(self, name: str) -> str:
-        """The path of figure ``name`` (its folder created)."""
+    def save(self, fig: Any, name: str, dpi: int, tight: bool = False) -> str:
+        """Lay out, write and close ``fig`` as figure ``name``; returns its path (``tight``: crop to what is drawn)."""
+        fig.tight_layout()
         os.makedirs(self.figures, exist_ok=True)
-        return os.path.join(self.figures, name)
+        path = os.path.join(self.figures, name)
+        fig.savefig(path, dpi=dpi, bbox_inches='tight' if tight else None)
+        plt.close(fig)
+        return path
 
     def link(self, path: str, alt: str) -> str:
         """A markdown image link to ``path`` relative to the results page."""
@@ -715,11 +705,7 @@ class Report:
         axes[0].set_title('Accuracy against sparsity: IMP, AdaptiveIMP, τ = 0, one-shot pruning')
         axes[1].set_title('The same, zoomed on the dense accuracy ± ε')
         axes[0].legend(fontsize=8, loc='lower left')
-        fig.tight_layout()
-        path = self.figure('accuracy_vs_weights_remaining.png')
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return self.save(fig, 'accuracy_vs_weights_remaining.png', 110)
 
     def draw_sparsity(self, ax: Any) -> None:
         """The curves of :meth:`plot_sparsity` on ``ax``."""
@@ -754,13 +740,13 @@ class Report:
             return None
         fig, ax = plt.subplots(figsize=(9, 5.2))
         self.dense_band(ax)
-        for name, runs, color, marker in (('fixed 20%', self.fixed, 'tab:blue', 'o'),
-                                          ('AdaptiveIMP', self.adaptive, 'tab:orange', 'x')):
+        for name, runs, table, color, marker in (('fixed 20%', self.fixed, self.fixed_table, 'tab:blue', 'o'),
+                                                 ('AdaptiveIMP', self.adaptive, self.adaptive_table, 'tab:orange', 'x')):
             for i, rows in enumerate(runs):
                 ax.plot([r.get('cumulative_compute', r['cumulative_steps']) for r in rows],
                         [100 * r['accuracy'] for r in rows], color=color, alpha=0.3, lw=1, marker=marker, ms=3,
                         label=f'{name}, each seed' if i == 0 else None)
-            t = matching_table(runs)['levels']
+            t = table['levels']
             ax.plot([lv['cumulative_compute']['mean'] for lv in t], [100 * lv['accuracy']['mean'] for lv in t],
                     color=color, lw=2.2, marker=marker, label=f'{name}, mean of {len(runs)} seeds')
         x = self.compute.get('X')
@@ -777,11 +763,7 @@ class Report:
                      (f' (adaptive / fixed to reach X: {ratio:.2f})' if ratio is not None else ''))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc='lower left')
-        fig.tight_layout()
-        path = self.figure('fig4_accuracy_vs_compute.png')
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return self.save(fig, 'fig4_accuracy_vs_compute.png', 120)
 
     def plot_landscape(self) -> Optional[str]:
         """Test error per level with the matching threshold, and successive barriers against ε (fixed and τ = 0)."""
@@ -827,11 +809,7 @@ class Report:
         ax_b.set_title('Error barriers between successive levels')
         ax_b.grid(alpha=0.3, axis='y')
         ax_b.legend(fontsize=8)
-        fig.tight_layout()
-        path = self.figure('landscape_barriers.png')
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return self.save(fig, 'landscape_barriers.png', 120)
 
     def plot_paths(self) -> Optional[str]:
         """Figure 2 (left): the error along every successive path, mean ± std over seeds; τ = 0 beside it."""
@@ -854,11 +832,7 @@ class Report:
         ax.set_title('Figure 2: error along the linear paths between successive IMP solutions (mean ± std)')
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = self.figure('successive_paths.png')
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return self.save(fig, 'successive_paths.png', 120)
 
     def plot_pairwise(self) -> Optional[str]:
         """Appendix C's heatmap: the maximum error along the path between two levels, darkest at the threshold."""
@@ -882,11 +856,7 @@ class Report:
         ax_b.set_title(f'Error barrier (connected: ≤ ε = {100 * land["tolerance"]:.2f} pts)', fontsize=10)
         fig.suptitle(f'Linear paths between levels {", ".join(map(str, pw["levels"]))} '
                      f'(mean over {len(self.fixed)} seeds, β ∈ {{{", ".join(f"{b:g}" for b in pw["betas"])}}})')
-        fig.tight_layout()
-        path = self.figure('pairwise_max_error.png')
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return self.save(fig, 'pairwise_max_error.png', 120)
 
     def plot_planes(self) -> Optional[str]:
         """Figure 3: the error on the plane through w_L, its projection and w_L+1, at the two chosen levels."""
@@ -903,11 +873,7 @@ class Report:
             ax.set_title(f'level {plane["level"]} → {plane["level"] + 1} ({plane["kind"]} in the mean over seeds)',
                          fontsize=10)
         fig.suptitle('Figure 3: error on the plane through w_L, its projection and w_L+1 (replicate 0, coarse grid)')
-        fig.tight_layout()
-        path = self.figure('planes.png')
-        fig.savefig(path, dpi=110, bbox_inches='tight')  # the taller plane's legend
-        plt.close(fig)
-        return path
+        return self.save(fig, 'planes.png', 110, tight=True)  # the taller plane's legend
 
     def plot_controls(self) -> Optional[str]:
         """The ticket against its random-mask and reinit controls at the two sparsities (mean ± std over seeds)."""
@@ -939,11 +905,7 @@ class Report:
         ax.set_title('Ticket against controls (retrained from the rewind point)')
         ax.grid(alpha=0.3, axis='y')
         ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.18), ncol=2)
-        fig.tight_layout()
-        path = self.figure('controls.png')
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return self.save(fig, 'controls.png', 120)
 
     # ---- the page --------------------------------------------------------------------------------------------
     def write(self) -> str:
@@ -983,7 +945,7 @@ class Report:
                  f'per level, rewind τ = {imp.get("rewind")}, pruning ratio {imp.get("ratio")} of the remaining weights per '
                  f'level (global magnitude), level cap {cfg.levels}, target sparsity {cfg.target_sparsity}. '
                  f'{plan.seeds} seeds ({cfg.seed} … {cfg.seed + plan.seeds - 1}) for the fixed and adaptive runs.', '']
-        lines += self.section_dense()
+        lines += self.section_dense(figures)
         lines += ['## Claim 1: connected iff matching (fixed-ratio IMP, τ > 0)', '']
         lines += self.section_landscape(figures) if self.landscape else [missing, '']
         lines += ['## The contrast: rewinding to τ = 0', '']
@@ -1147,7 +1109,7 @@ class Report:
         return out or ['*No stage has finished yet: this page is the skeleton the command fills in. Run the command '
                        'below.*']
 
-    def section_dense(self) -> list[str]:
+    def section_dense(self, figures: dict) -> list[str]:
         """Dense accuracy, the fixed-IMP levels, and one-shot pruning beside them."""
         lines = ['## Dense network, IMP levels and one-shot pruning', '']
         t = self.fixed_table
@@ -1165,7 +1127,7 @@ class Report:
             lines.append(f'| {lv["level"]} | {pct(lv["weights_remaining"]["mean"])} | {pm(lv["accuracy"])} | '
                          f'{"yes" if lv["matching"] else "**no**"} | |')
         for remaining, (row, dense) in sorted(oneshot.items(), reverse=True):
-            lines.append(f'| one-shot | {pct(row["weights_remaining"])} | {pct(row["accuracy"])} (seed {rep_seed(self.rep)}) | '
+            lines.append(f'| one-shot | {pct(row["weights_remaining"])} | {pct(row["accuracy"])} (seed {self.rep.cfg.seed}) | '
                          f'{"yes" if row["accuracy"] >= dense - t["epsilon"] - 1e-9 else "**no**"} | pruned '
                          f'{100 * (1 - remaining):g}% at once; {100 * (dense - row["accuracy"]):.2f} pts under its dense '
                          f'network ({pct(dense)}) |')
@@ -1180,7 +1142,8 @@ class Report:
                          f'bit-identical to the fixed run\'s replicate 0 in {sum(same)} of {len(same)} one-shot runs '
                          '(same recipe, seed and data order; a differing hash means the dense retraining was not '
                          'bitwise reproducible).')]
-        lines += ['', self.link(self.figure('accuracy_vs_weights_remaining.png'), 'accuracy vs weights remaining'), '']
+        if figures.get('sparsity'):
+            lines += ['', self.link(figures['sparsity'], 'accuracy vs weights remaining'), '']
         return lines
 
     def section_landscape(self, figures: dict) -> list[str]:
@@ -1311,11 +1274,7 @@ class Report:
         axes[1].set_title('Barrier between successive levels (at level L)')
         axes[0].legend(fontsize=8, loc='lower left')
         axes[1].legend(fontsize=8, loc='upper left')
-        fig.tight_layout()
-        path = self.figure('rewinding.png')
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return self.save(fig, 'rewinding.png', 110)
 
     def section_rewinding(self, figures: dict) -> list[str]:
         """The two ways of rewinding side by side (the fidelity issue's item 7)."""
@@ -1413,8 +1372,7 @@ class Report:
         reps = replicate_folders(self.rep.path('adaptive'))
         if not reps:
             return 'not run'
-        imp = OmegaConf.to_container(OmegaConf.load(RunFolder(reps[0]).config), resolve=True).get('imp') or {}
-        return ', '.join(f'{k}={v}' for k, v in imp.items() if k != 'name')
+        return ', '.join(f'{k}={v}' for k, v in RunFolder(reps[0]).recorded_imp().items() if k != 'name')
 
     def section_budget(self, book: dict) -> list[str]:
         """Wall time per stage, the training and sweep seconds inside, and the machine."""
@@ -1528,11 +1486,6 @@ def ordinal(n: int) -> str:
     return f'{n}{suffix}'
 
 
-def rep_seed(rep: Reproduction) -> int:
-    """The seed of replicate 0 (and of the one-shot and τ = 0 runs)."""
-    return int(rep.cfg.seed)
-
-
 def fmt_seconds(seconds: Optional[float]) -> str:
     """Seconds as ``1 h 02 min``, ``3 min 05 s`` or ``12 s``."""
     if seconds is None:
@@ -1601,13 +1554,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         invocation['seconds'] = time.perf_counter() - started
         rep.save_book()
-        if not failed:
+        try:  # also after a failed or interrupted stage: the page shows what exists
             rep.run_stage('report', rep.stage_report, always=True)
-        else:  # a stage failed or was interrupted: still write what exists, without hiding that error
-            try:
-                rep.run_stage('report', rep.stage_report, always=True)
-            except Exception:  # noqa: BLE001 - the stage's error is the one to report
-                log.exception('the results page could not be written')
+        except Exception:  # noqa: BLE001 - after a failed stage, that stage's error is the one to report
+            if not failed:
+                raise
+            log.exception('the results page could not be written')
     summary = Report(rep)
     print(f'results: {rep.results}')
     for line in summary.verdicts():

@@ -184,7 +184,7 @@ class RunFolder:
         """The IMP settings the run was made with (``config.yaml``'s ``imp``). Runs made before the rewinding options
         existed restored the optimizer and replayed the data order (:data:`LEGACY_REWINDING`)."""
         imp = OmegaConf.to_container(OmegaConf.load(self.config), resolve=True).get('imp') or {}
-        return {**LEGACY_REWINDING, **imp}
+        return {**imp, **{k: v for k, v in LEGACY_REWINDING.items() if k not in imp}}
 
     def read_row(self, level: int) -> dict:
         with open(self.level_json(level)) as f:

@@ -44,12 +44,14 @@ from composer_imp.artifacts import RunFolder, atomic_write_text, replicate_folde
 from composer_imp.connectivity import iff_verdict
 from composer_imp.plots import plot_replicates
 
-__all__ = ['analyze_replicates']
+__all__ = ['analyze_replicates', 'stats']
 
 
-def _stats(values: Sequence[float]) -> dict:
+def stats(values: Sequence[float]) -> dict:
+    """Mean, sample standard deviation (0 for one value) and the values: how replicates are summarized."""
+    values = [float(v) for v in values]
     return {'mean': statistics.fmean(values), 'std': statistics.stdev(values) if len(values) > 1 else 0.0,
-            'values': list(values)}
+            'values': values}
 
 
 def analyze_replicates(save_folder: str, model: torch.nn.Module, eval_dataloader: Any, train_data: Any = None,
@@ -82,24 +84,24 @@ def analyze_replicates(save_folder: str, model: torch.nn.Module, eval_dataloader
 
     # Every replicate's levels run 0, 1, 2, ... (levels_done is contiguous): aggregate over the levels all have.
     common = range(min(len(a['levels']) for a in per_run))
-    dense_error = _stats([a['levels'][0]['error'] for a in per_run])
+    dense_error = stats([a['levels'][0]['error'] for a in per_run])
     level_rows = []
     for level in common:
         rows = [a['levels'][level] for a in per_run]
-        error = _stats([r['error'] for r in rows])
-        level_rows.append({'level': level, 'weights_remaining': _stats([r['weights_remaining'] for r in rows]),
+        error = stats([r['error'] for r in rows])
+        level_rows.append({'level': level, 'weights_remaining': stats([r['weights_remaining'] for r in rows]),
                            'error': error, 'matching': error['mean'] <= dense_error['mean'] + tol,
                            'matching_fraction': sum(r['matching'] for r in rows) / len(rows)})
     matching = {r['level']: r['matching'] for r in level_rows}
     successive = []
     for a in common[:-1]:
         paths = [run['successive'][a] for run in per_run]  # the path from level a to a + 1
-        barrier = _stats([p['barrier'] for p in paths])
+        barrier = stats([p['barrier'] for p in paths])
         successive.append({'from': a, 'to': a + 1, 'barrier': barrier, 'connected': barrier['mean'] <= tol,
                            'connected_fraction': sum(p['connected'] for p in paths) / len(paths),
                            'both_matching': matching[a] and matching[a + 1], 'betas': paths[0]['betas'],
                            # Figure 2 (left, middle): the error along the path at each β, mean ± std over replicates
-                           'errors': [_stats(errors) for errors in zip(*(p['errors'] for p in paths))]})
+                           'errors': [stats(errors) for errors in zip(*(p['errors'] for p in paths))]})
     n = len(common)
     # Appendix C's heatmap: the maximum error along the path between two levels, averaged over replicates.
     pairwise = {key: [[_mean_or_none([a['pairwise'][key][i][j] for a in per_run]) for j in range(n)] for i in range(n)]
