@@ -21,7 +21,8 @@ quickstart:
 	$(PYTHON) run.py -f yamls/quickstart.yaml
 
 test: install-test
-	$(PYTHON) -m pytest -q tests
+	@# Two workers, one test file each at a time (module fixtures shared): the suite is mostly subprocesses.
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile tests
 
 bench:
 	$(PYTHON) benchmarks/mask_overhead.py

@@ -9,8 +9,8 @@ baseline (``baseline``: ``eval``, the
 dense solution's eval-mode loss on the sweep subsample, and/or ``train``, the mean train-mode batch loss of the
 dense run's last epoch). Prints, for each: levels trained, the ratios pruned, training steps, compute with
 sweeps (training-step equivalents), final weights remaining, final accuracy vs dense, how many levels stayed
-matching, the ratio adaptive/fixed per seed, and whether the final adaptive ticket matches (within one std of
-dense across seeds, 0.5 points with one seed); writes accuracy_vs_compute.png comparing all runs.
+matching, the ratio adaptive/fixed per seed, and whether the final adaptive ticket matches (within ε, one std of
+dense across seeds, or one point with one seed: composer_imp.criteria); writes accuracy_vs_compute.png comparing all runs.
 """
 
 import argparse
@@ -23,6 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from omegaconf import OmegaConf  # noqa: E402
 
 from composer_imp.config import IMP_NAMES, config_from_dict, load_config  # noqa: E402
+from composer_imp.criteria import DEFAULT_TOLERANCE, is_matching  # noqa: E402
+from composer_imp.criteria import epsilon as estimate_epsilon  # noqa: E402
 from composer_imp.plots import plot_accuracy_vs_compute  # noqa: E402
 from composer_imp.recipes import run_config  # noqa: E402
 
@@ -56,16 +58,15 @@ def main() -> None:
         results[name] = runs if args.seeds > 1 else [runs]  # one list of rows per seed
 
     dense = [rows[0]['accuracy'] for rows in results['fixed']]
-    # Matching: mean accuracy within one std of the dense accuracy across seeds (0.5 points with one seed);
-    # 1e-6 absorbs float32 metric rounding (358/360 is not exact), so a tie with the band counts as matching.
-    band = statistics.stdev(dense) if len(dense) > 1 else 0.005
+    # Matching (composer_imp.criteria): within ε, the std of the dense accuracy across seeds (one point with one seed).
+    band = estimate_epsilon(dense)['value'] if len(dense) > 1 else DEFAULT_TOLERANCE
     print(f'\n{"run":<18}{"seed":>5}{"levels":>8}{"train steps":>13}{"compute":>12}{"sweep share":>13}{"remaining":>11}'
           f'{"acc":>9}{"dense":>9}{"matching levels":>17}  ratios')
     for name, runs in results.items():
         for seed, rows in enumerate(runs):
             last = rows[-1]
             sweep = sum(r['compute'] - r['steps'] for r in rows)
-            matching = sum(r["accuracy"] >= rows[0]["accuracy"] - band - 1e-6 for r in rows[1:])
+            matching = sum(is_matching(1 - r['accuracy'], 1 - rows[0]['accuracy'], band) for r in rows[1:])
             ratios = ', '.join(f'{r["ratio"]:.3g}' for r in rows[1:])
             print(f'{name:<18}{seed:>5}{len(rows) - 1:>8}{last["cumulative_steps"]:>13}{last["cumulative_compute"]:>12.1f}'
                   f'{sweep / last["cumulative_compute"]:>12.2%}{100 * last["weights_remaining"]:>10.1f}%'
@@ -82,7 +83,7 @@ def main() -> None:
         final = [rows[-1]['accuracy'] for rows in results[name]]
         gap = statistics.fmean(dense) - statistics.fmean(final)
         print(f'{name} final accuracy {100 * statistics.fmean(final):.2f}% vs dense {100 * statistics.fmean(dense):.2f}% '
-              f'(band {100 * band:.2f} points): {"matching" if gap <= band + 1e-6 else "NOT matching"}')
+              f'(band {100 * band:.2f} points): {"matching" if is_matching(gap, 0.0, band) else "NOT matching"}')
     labelled = {f'{name} seed {i}': rows for name, runs in results.items() for i, rows in enumerate(runs)}
     print(plot_accuracy_vs_compute(labelled, os.path.join(args.out, 'accuracy_vs_compute.png')))
 

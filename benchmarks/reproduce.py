@@ -56,25 +56,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import composer  # noqa: E402
-import matplotlib  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-
 from composer_imp import find_ticket, load_mask, prunable_parameters, run_controls  # noqa: E402
 from composer_imp.analysis import LandscapeSettings, analyze_run  # noqa: E402
-from composer_imp.artifacts import RunFolder, atomic_write_text, replicate_folders  # noqa: E402
-from composer_imp.config import IMP_NAMES, config_from_dict, load_config  # noqa: E402
-from composer_imp.connectivity import DEFAULT_BETAS, iff_verdict, linear_path, plane_slice  # noqa: E402
+from composer_imp.config import config_from_dict, load_config  # noqa: E402
+from composer_imp.connectivity import DEFAULT_BETAS, linear_path, plane_slice  # noqa: E402
+from composer_imp.criteria import DEFAULT_TOLERANCE, epsilon as estimate_epsilon, iff_verdict, is_connected, is_matching  # noqa: E402,E501
 from composer_imp.models import build_model  # noqa: E402
-from composer_imp.plots import draw_plane, draw_successive_paths  # noqa: E402
+from composer_imp.plots import draw_plane, draw_successive_paths, subplots  # noqa: E402
 from composer_imp.recipes import Recipe, build_recipe  # noqa: E402
 from composer_imp.replicates import analyze_replicates, stats  # noqa: E402
+from composer_imp.run_folder import IMP_NAMES, RunFolder, atomic_write_text  # noqa: E402
 
 log = logging.getLogger('reproduce')
 
@@ -193,7 +190,7 @@ def imp_kwargs(cfg: DictConfig) -> dict:
 
 def run_rows(folder: str) -> list[list[dict]]:
     """The summary rows of every run in ``folder`` (one list per replicate; a single run gives one list)."""
-    reps = replicate_folders(folder)
+    reps = [f.root for f in RunFolder(folder).replicates()]
     folders = reps if reps else [folder]
     out = []
     for f in folders:
@@ -204,7 +201,7 @@ def run_rows(folder: str) -> list[list[dict]]:
 
 def levels_done(folder: str) -> int:
     """The most pruned levels any run in ``folder`` has finished (0 when none)."""
-    reps = replicate_folders(folder) or [folder]
+    reps = [f.root for f in RunFolder(folder).replicates()] or [folder]
     done = [len(RunFolder(f).levels_done()) - 1 for f in reps if os.path.isdir(f)]
     return max(done, default=0)
 
@@ -218,7 +215,7 @@ def matching_table(runs: Sequence[Sequence[dict]], reference: Optional[Sequence[
     """
     reference = reference or runs
     dense = [rows[0]['accuracy'] for rows in reference]
-    epsilon = statistics.stdev(dense) if len(dense) > 1 else 0.01
+    epsilon = estimate_epsilon(dense)['value'] if len(dense) > 1 else DEFAULT_TOLERANCE
     threshold = statistics.fmean(dense) - epsilon
     levels = []
     for level in range(min(len(rows) for rows in runs)):
@@ -229,7 +226,7 @@ def matching_table(runs: Sequence[Sequence[dict]], reference: Optional[Sequence[
             'ratio': stats([r.get('ratio') or 0.0 for r in at]),
             'cumulative_compute': stats([r.get('cumulative_compute', r.get('cumulative_steps', 0)) for r in at]),
             'cumulative_steps': stats([r.get('cumulative_steps', 0) for r in at]),
-            'matching': accuracy['mean'] >= threshold - 1e-9,
+            'matching': is_matching(1 - accuracy['mean'], 1 - statistics.fmean(dense), epsilon),
         })
     return {'dense': stats(dense), 'epsilon': epsilon, 'threshold': threshold, 'levels': levels}
 
@@ -472,7 +469,7 @@ class Reproduction:
     def stage_landscape(self) -> Optional[dict]:
         """Replicate analysis of ``fixed``, the pairwise heatmap, two planes, and the τ = 0 run's analysis."""
         fixed = self.path('fixed')
-        if not self.finished('fixed') or len(replicate_folders(fixed)) < 2:
+        if not self.finished('fixed') or len(RunFolder(fixed).replicates()) < 2:
             log.warning('stage landscape needs the finished fixed stage (at least 2 seeds); skipped')
             return {'incomplete': True, 'note': 'fixed stage missing'}
         model, loader, train_data, examples = self.analysis_inputs()
@@ -504,7 +501,7 @@ class Reproduction:
         path cached in ``landscape/pairwise/``."""
         errors = {lv['level']: lv['error']['values'] for lv in levels}
         chosen = [lv['level'] for lv in levels][::self.plan.pairwise_stride]
-        folders = replicate_folders(self.path('fixed'))
+        folders = [f.root for f in RunFolder(self.path('fixed')).replicates()]
         n = len(chosen)
         per_rep = []
         for r, folder in enumerate(folders):
@@ -516,14 +513,14 @@ class Reproduction:
                 max_error[i][i] = errors[chosen[i]][r]
                 for j in range(i + 1, n):
                     a, b = chosen[i], chosen[j]
-                    digests = [run.read_row(a)['manifest']['weights.pt'], run.read_row(b)['manifest']['weights.pt']]
+                    digests = [run.verified_row(a)['manifest']['weights.pt'], run.verified_row(b)['manifest']['weights.pt']]
                     cache = self.path('landscape', 'pairwise', f'replicate_{r:02d}_{a:02d}_{b:02d}.json')
                     hit = read_json(cache)
                     key = {'weights': digests, 'betas': list(self.plan.pairwise_betas), 'examples': sum(len(y) for _, y in batches)}
                     if hit is None or hit.get('key') != key:
                         for level in (a, b):
                             if level not in weights:
-                                weights[level] = run.load_weights(level)
+                                weights[level] = run.verified_weights(level)
                         path = linear_path(model, weights[a], weights[b], batches, list(self.plan.pairwise_betas))
                         hit = {'key': key, 'max_error': path['max_error'], 'barrier': path['barrier']}
                         write_json(cache, hit)
@@ -545,15 +542,15 @@ class Reproduction:
         leaving = [l for l in range(last) if not matching[l + 1]]
         chosen = [('w_L+1 matching', inside[-1])] if inside else []
         chosen += [('w_L+1 not matching', leaving[0])] if leaving else []
-        run = RunFolder(replicate_folders(self.path('fixed'))[0])
+        run = RunFolder(self.path('fixed')).replicates()[0]
         out = []
         for kind, level in chosen:
-            digests = [run.read_row(l)['manifest']['weights.pt'] for l in (level, level + 1)]
+            digests = [run.verified_row(l)['manifest']['weights.pt'] for l in (level, level + 1)]
             key = {'weights': digests, 'grid': self.plan.plane_grid, 'examples': sum(len(y) for _, y in batches)}
             cache = self.path('landscape', f'plane_{level:02d}.json')
             hit = read_json(cache)
             if hit is None or hit.get('key') != key:
-                a, b = run.load_weights(level), run.load_weights(level + 1)
+                a, b = run.verified_weights(level), run.verified_weights(level + 1)
                 mask = load_mask(run.mask(level + 1))
                 p = {k: (v * mask[k].to(v.dtype) if k in mask else v) for k, v in a.items()}
                 hit = {'key': key, **plane_slice(model, a, p, b, batches, set(mask), grid=self.plan.plane_grid)}
@@ -574,8 +571,8 @@ class Reproduction:
             return {'incomplete': True, 'note': 'no pruned level'}
         recipe = self.recipe(self.fixed_cfg())
         rows = []
-        for r, folder in enumerate(replicate_folders(self.path('fixed'))[:self.plan.control_replicates]):
-            tickets = {lv: RunFolder(folder).read_row(lv) for lv in levels}
+        for r, folder in enumerate([f.root for f in RunFolder(self.path('fixed')).replicates()][:self.plan.control_replicates]):
+            tickets = {lv: RunFolder(folder).verified_row(lv) for lv in levels}
             for row in run_controls(recipe.make_trainer, folder, levels, list(self.plan.control_kinds)):
                 rows.append({**row, 'replicate': r, 'ticket_accuracy': tickets[row['level']]['accuracy']})
         write_json(self.path('controls', 'controls.json'), {'levels': levels, 'rows': rows})
@@ -663,8 +660,8 @@ class Report:
         self.oneshot = read_json(rep.path('oneshot', 'stage.json'))
         self.landscape = read_json(rep.path('landscape', 'landscape.json'))
         # each replicate's own analysis (judged with the replicates' ε), written by the landscape stage
-        analyses = [read_json(os.path.join(f, 'analysis', 'analysis.json')) or {}
-                    for f in replicate_folders(rep.path('fixed'))] if self.landscape else []
+        analyses = [read_json(os.path.join(f.analysis_dir, 'analysis.json')) or {}
+                    for f in RunFolder(rep.path('fixed')).replicates()] if self.landscape else []
         self.replicate0_levels = analyses[0].get('levels', []) if analyses else []
         self.lcs = [{row['level']: row for row in a.get('lcs', [])} for a in analyses]  # Definition 2.1, per level
         self.controls = read_json(rep.path('controls', 'controls.json'))
@@ -679,7 +676,6 @@ class Report:
         os.makedirs(self.figures, exist_ok=True)
         path = os.path.join(self.figures, name)
         fig.savefig(path, dpi=dpi, bbox_inches='tight' if tight else None)
-        plt.close(fig)
         return path
 
     def link(self, path: str, alt: str) -> str:
@@ -697,7 +693,7 @@ class Report:
         range and a zoom around the dense accuracy."""
         if not self.fixed:
             return None
-        fig, axes = plt.subplots(1, 2, figsize=(16, 5.6))
+        fig, axes = subplots(1, 2, figsize=(16, 5.6))
         for ax in axes:
             self.draw_sparsity(ax)
         dense, eps = 100 * self.fixed_table['dense']['mean'], 100 * self.fixed_table['epsilon']
@@ -738,7 +734,7 @@ class Report:
         """Figure 4: accuracy against cumulative compute, each seed and the means, fixed against adaptive."""
         if not (self.fixed and self.adaptive and self.compute):
             return None
-        fig, ax = plt.subplots(figsize=(9, 5.2))
+        fig, ax = subplots(figsize=(9, 5.2))
         self.dense_band(ax)
         for name, runs, table, color, marker in (('fixed 20%', self.fixed, self.fixed_table, 'tab:blue', 'o'),
                                                  ('AdaptiveIMP', self.adaptive, self.adaptive_table, 'tab:orange', 'x')):
@@ -770,7 +766,7 @@ class Report:
         land = self.landscape
         if not land:
             return None
-        fig, (ax_e, ax_b) = plt.subplots(1, 2, figsize=(14, 4.8))
+        fig, (ax_e, ax_b) = subplots(1, 2, figsize=(14, 4.8))
         dense, tol = land['dense_error']['mean'], land['tolerance']
         levels = land['levels']
         ax_e.errorbar([100 * lv['weights_remaining']['mean'] for lv in levels], [100 * lv['error']['mean'] for lv in levels],
@@ -816,7 +812,7 @@ class Report:
         land = self.landscape
         if not land:
             return None
-        fig, ax = plt.subplots(figsize=(11, 4.5))
+        fig, ax = subplots(figsize=(11, 4.5))
         dense, tol = land['dense_error']['mean'], land['tolerance']
         draw_successive_paths(ax, land['successive'], not_connected='tab:purple')
         for s in (land.get('tau0') or {}).get('successive', []):
@@ -841,7 +837,7 @@ class Report:
             return None
         pw = land['pairwise']
         threshold = land['dense_error']['mean'] + land['tolerance']
-        fig, (ax_m, ax_b) = plt.subplots(1, 2, figsize=(13, 5.2))
+        fig, (ax_m, ax_b) = subplots(1, 2, figsize=(13, 5.2))
         for ax, key, label, low in ((ax_m, 'max_error', 'max test error on the path (%)', 100 * threshold),
                                     (ax_b, 'barrier', 'error barrier (percentage points)', 0.0)):
             matrix = np.array([[np.nan if v is None else 100 * v for v in row] for row in pw[key]])
@@ -866,7 +862,7 @@ class Report:
             return None
         # the planes are replicate 0's: its own matching threshold (its dense error + ε)
         threshold = land['dense_error']['values'][0] + land['tolerance']
-        fig, axes = plt.subplots(1, len(planes), figsize=(5.6 * len(planes), 6.4), squeeze=False)
+        fig, axes = subplots(1, len(planes), figsize=(5.6 * len(planes), 6.4), squeeze=False)
         for ax, plane in zip(axes[0], planes):
             fig.colorbar(draw_plane(ax, plane, threshold), ax=ax, label='test error (%)')
             # the level was chosen by the seeds' mean; the plane is replicate 0's
@@ -881,7 +877,7 @@ class Report:
             return None
         levels = self.controls['levels']
         kinds = ['ticket'] + list(self.rep.plan.control_kinds)
-        fig, ax = plt.subplots(figsize=(8, 4.8))
+        fig, ax = subplots(figsize=(8, 4.8))
         width = 0.8 / len(kinds)
         for k, kind in enumerate(kinds):
             means, stds = [], []
@@ -1128,7 +1124,7 @@ class Report:
                          f'{"yes" if lv["matching"] else "**no**"} | |')
         for remaining, (row, dense) in sorted(oneshot.items(), reverse=True):
             lines.append(f'| one-shot | {pct(row["weights_remaining"])} | {pct(row["accuracy"])} (seed {self.rep.cfg.seed}) | '
-                         f'{"yes" if row["accuracy"] >= dense - t["epsilon"] - 1e-9 else "**no**"} | pruned '
+                         f'{"yes" if is_matching(1 - row["accuracy"], 1 - dense, t["epsilon"]) else "**no**"} | pruned '
                          f'{100 * (1 - remaining):g}% at once; {100 * (dense - row["accuracy"]):.2f} pts under its dense '
                          f'network ({pct(dense)}) |')
         if self.oneshot:
@@ -1253,7 +1249,7 @@ class Report:
         if not self.rewinding or not self.fixed:
             return None
         pairs = self.rewinding_pairs()
-        fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+        fig, axes = subplots(1, 2, figsize=(14, 5))
         x = [100 * p['weights_remaining'] for p in pairs]
         for key, label, color in (('default', 'fresh optimizer, new data order per level (default, OpenLTH)', 'tab:blue'),
                                   ('replay', 'momentum at τ restored, pretraining data order replayed', 'tab:red')):
@@ -1369,7 +1365,7 @@ class Report:
 
     def adaptive_settings(self) -> str:
         """The AdaptiveIMP settings recorded by the adaptive run."""
-        reps = replicate_folders(self.rep.path('adaptive'))
+        reps = [f.root for f in RunFolder(self.rep.path('adaptive')).replicates()]
         if not reps:
             return 'not run'
         return ', '.join(f'{k}={v}' for k, v in RunFolder(reps[0]).recorded_imp().items() if k != 'name')
@@ -1459,8 +1455,8 @@ def verdict_at(land: dict, tolerance: float) -> dict:
     """The replicate analysis re-judged with ``tolerance``: mean error ≤ mean dense error + tolerance (matching),
     mean barrier ≤ tolerance (connected); the sparsest matching level and :func:`iff_verdict` over the same pairs."""
     dense = land['dense_error']['mean']
-    matching = {lv['level']: lv['error']['mean'] <= dense + tolerance for lv in land['levels']}
-    successive = [{'from': s['from'], 'to': s['to'], 'connected': s['barrier']['mean'] <= tolerance,
+    matching = {lv['level']: is_matching(lv['error']['mean'], dense, tolerance) for lv in land['levels']}
+    successive = [{'from': s['from'], 'to': s['to'], 'connected': is_connected(s['barrier']['mean'], tolerance),
                    'both_matching': matching[s['from']] and matching[s['to']]} for s in land['successive']]
     return {'sparsest': max(level for level, m in matching.items() if m), 'verdict': iff_verdict(successive)}
 

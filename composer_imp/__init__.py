@@ -13,7 +13,7 @@ from composer_imp.masks import (full_mask, load_mask, magnitude_prune, prunable_
                                 sparsity_report)
 from composer_imp.rewind import RewindCheckpoint
 
-__version__ = '0.2.0'
+__version__ = '0.3.0'
 
 __all__ = [
     'IMP', 'AdaptiveIMP', 'find_ticket', 'apply_imp', 'sweep_ratio', 'run_controls', 'KeepMask', 'apply_keep_mask',

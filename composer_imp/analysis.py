@@ -34,14 +34,15 @@ from typing import Any, Optional, Sequence
 
 import torch
 from composer.utils import dist
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 
-from composer_imp.artifacts import RunFolder, atomic_write_text
-from composer_imp.connectivity import DEFAULT_BETAS, iff_verdict, in_lcs_set, linear_path, plane_slice
+from composer_imp.connectivity import DEFAULT_BETAS, linear_path, plane_slice
+from composer_imp.criteria import DEFAULT_TOLERANCE, iff_verdict, in_lcs_set, is_connected, is_matching
 from composer_imp.evaluate import evaluate, fixed_subsample
 from composer_imp.masks import unwrap_model
 from composer_imp.plots import plot_landscape_report
+from composer_imp.rank_zero import held_on_rank0, on_rank0
+from composer_imp.run_folder import RunFolder, atomic_write_text
 
 __all__ = ['analyze_run', 'LandscapeSettings', 'refuse_changed_settings']
 
@@ -56,11 +57,11 @@ class LandscapeSettings:
 
     Attributes:
         betas: points β on every linear path (must include 0 and 1).
-        tolerance: matching / connectivity tolerance in error; ``None``: ε of the replicate analysis this run
-            belongs to, else 0.01.
+        tolerance: matching / connectivity tolerance in error; ``None``: :data:`~composer_imp.criteria.
+            DEFAULT_TOLERANCE` (the replicate analysis passes ε).
+        planes: grid size of the 2-D slices through ``w_L``, its projection and ``w_{L+1}`` (0: none; else >= 2).
         recalibrate_bn: recompute BatchNorm statistics of every evaluated network (else interpolated).
         pairwise: paths between every pair of levels, not only successive ones.
-        planes: grid size of the 2-D slices through ``w_L``, its projection and ``w_{L+1}`` (0: none).
     """
 
     betas: Sequence[float] = DEFAULT_BETAS
@@ -68,6 +69,18 @@ class LandscapeSettings:
     recalibrate_bn: bool = False
     pairwise: bool = True
     planes: int = 0
+
+    def __post_init__(self) -> None:
+        betas = list(self.betas)
+        if not betas or any(not isinstance(b, (int, float)) or isinstance(b, bool) or not 0 <= b <= 1 for b in betas):
+            raise ValueError(f'betas must be points in [0, 1] on the path; got {betas}.')
+        if 0.0 not in betas or 1.0 not in betas:
+            raise ValueError(f'betas must include 0 and 1 (the two networks themselves); got {betas}.')
+        if self.tolerance is not None and not 0 <= self.tolerance < 1:
+            raise ValueError(f'tolerance={self.tolerance} must be an error difference in [0, 1), or None.')
+        if isinstance(self.planes, bool) or not isinstance(self.planes, int) or self.planes < 0 or self.planes == 1:
+            raise ValueError(f'planes={self.planes!r} must be 0 (no 2-D slices) or a grid size of at least 2 (the '
+                             'paper: 51).')
 
     def record(self, tolerance: Optional[float]) -> dict:
         """The settings as ``analysis.json`` records them (with the tolerance actually used)."""
@@ -79,13 +92,14 @@ class _Cache:
     """``analysis/cache/``: one JSON per finished evaluation (a level, a path, a plane), keyed by the settings and
     the SHA-256 of the weights it read. An interrupted analysis resumes from it; changed weights are recomputed."""
 
-    def __init__(self, root: str, digests: dict[int, str], settings: dict):
-        self.dir = os.path.join(root, 'cache')
+    def __init__(self, folder: str, digests: dict[int, str], settings: dict):
+        self.dir = folder
         self.digests, self.settings = digests, settings
         self.reused = 0
 
     def _key(self, levels: Sequence[int]) -> dict:
-        return {'settings': self.settings, 'weights': [self.digests[l] for l in levels]}
+        # 'verified': entries written since the analysis checks the weights it reads; older ones are recomputed.
+        return {'settings': self.settings, 'weights': [self.digests[l] for l in levels], 'verified': True}
 
     def get(self, name: str, levels: Sequence[int]):
         value = None
@@ -128,29 +142,35 @@ def analyze_run(save_folder: str, model: torch.nn.Module, eval_dataloader: Any, 
     ``settings``: :class:`LandscapeSettings` (default: its defaults). ``planes > 0`` adds, for each successive pair
     (L, L+1), the ``planes × planes`` error slice of the plane through ``w_L``, its projection ``m_{L+1} ⊙ w_L``
     and ``w_{L+1}`` (Figure 3).
+
+    Every file read is checked against the checksums the run recorded (``level.json`` included): a level whose
+    files changed since it finished is refused by name, never analysed. The analysis holds its own lock on the
+    folder, so two analyses of one run never interleave their writes.
     """
-    settings = settings or LandscapeSettings()
+    folder = RunFolder(save_folder)
+    if not os.path.isdir(folder.root):
+        raise FileNotFoundError(f'{folder.root} does not exist (point at the save_folder of a run made by run.py or '
+                                'find_ticket).')
+    with held_on_rank0(folder.lock('analysis')):
+        return _analyze_run(folder, model, eval_dataloader, train_data, settings or LandscapeSettings(), overwrite)
+
+
+def _analyze_run(folder: RunFolder, model: torch.nn.Module, eval_dataloader: Any, train_data: Any,
+                 settings: LandscapeSettings, overwrite: bool) -> dict:
     betas = sorted(set(float(b) for b in settings.betas))  # paths run from their first network (β = 0) on
     recalibrate_bn, pairwise, planes = settings.recalibrate_bn, settings.pairwise, settings.planes
-    folder = RunFolder(save_folder)
-    if not os.path.isfile(folder.config):
-        raise FileNotFoundError(f'{folder.root} is not an IMP run: {folder.config} is missing '
-                                '(point at the save_folder of a run made by run.py or find_ticket).')
-    levels = folder.levels_done()
+    config = on_rank0(folder.read_config)
+    levels = on_rank0(folder.check_complete)
     if len(levels) < 2:
         raise ValueError(f'{folder.root} has {len(levels)} finished level(s) ({levels}); the analysis needs at least '
                          'levels 0 and 1 (level_XX/level.json, mask.pt and weights.pt).')
-    if 0.0 not in betas or 1.0 not in betas:
-        raise ValueError('--betas must include 0 and 1.')
-    tolerance = settings.tolerance
-    if tolerance is None:  # a replicate keeps the ε of its replicate analysis; a single run 0.01
-        tolerance = _replicate_epsilon(folder.root)
-    tolerance = 0.01 if tolerance is None else float(tolerance)
-    out = os.path.join(folder.root, 'analysis')
+    tolerance = DEFAULT_TOLERANCE if settings.tolerance is None else float(settings.tolerance)
+    out = folder.analysis_dir
     recorded = settings.record(tolerance)
     if not overwrite:
-        refuse_changed_settings(os.path.join(out, 'analysis.json'), recorded, folder.root)
-    config = OmegaConf.to_container(OmegaConf.load(folder.config), resolve=True)
+        refuse_changed_settings(folder.analysis_json, recorded, folder.root)
+    # Nothing is computed from a file that fails its checksum: every level's row, weights and mask are verified.
+    rows = on_rank0(lambda: {level: folder.verified_row(level) for level in levels})
     model = unwrap_model(model)
     batches = _eval_share(eval_dataloader)  # streamed once per evaluated chunk of networks, never materialized
     spread = dist.get_world_size() > 1
@@ -163,19 +183,18 @@ def analyze_run(save_folder: str, model: torch.nn.Module, eval_dataloader: Any, 
         recal = fixed_subsample(train_data, min(1024, len(train_data)), 256, rank_share=spread)  # combined over ranks
     weights = {}
     for level in levels:
-        w = folder.load_weights(level)
+        w = folder.verified_load(level, 'weights.pt', rows[level]['manifest']['weights.pt'])  # every rank reads
         missing, unexpected = set(model.state_dict()) - set(w), set(w) - set(model.state_dict())
         if missing or unexpected:
             raise ValueError(f'{folder.weights(level)} does not match the model of {folder.config}: '
                              f'missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}.')
         weights[level] = w
-    rows = {r['level']: r for r in map(folder.read_row, levels)}
     # Cached numbers are reused only for the same weights, β grid, BatchNorm policy and eval data.
     eval_data = getattr(eval_dataloader, 'dataset', None)
     described = {'loader': type(eval_data or eval_dataloader).__name__,
                  'examples': len(eval_data) if eval_data is not None else None,
                  'data': config.get('data')}
-    cache = _Cache(out, {l: rows[l]['manifest']['weights.pt'] for l in levels},
+    cache = _Cache(folder.analysis_cache, {l: rows[l]['manifest']['weights.pt'] for l in levels},
                    {'betas': recorded['betas'], 'recalibrate_bn': recalibrate_bn, 'eval': described})
 
     point = {l: cache.get(f'level_{l:02d}', [l]) for l in levels}
@@ -185,7 +204,7 @@ def analyze_run(save_folder: str, model: torch.nn.Module, eval_dataloader: Any, 
     point = [point[l] for l in levels]
     dense_error = point[0]['error']
     level_rows = [{'level': l, 'weights_remaining': rows[l]['weights_remaining'], 'error': p['error'], 'loss': p['loss'],
-                   'matching': p['error'] <= dense_error + tolerance} for l, p in zip(levels, point)]
+                   'matching': is_matching(p['error'], dense_error, tolerance)} for l, p in zip(levels, point)]
     matching = {r['level']: r['matching'] for r in level_rows}
 
     n = len(levels)
@@ -196,7 +215,7 @@ def analyze_run(save_folder: str, model: torch.nn.Module, eval_dataloader: Any, 
         paths[i, j] = cache.path(f'path_{a:02d}_{b:02d}', [a, b], lambda: linear_path(
             model, weights[a], weights[b], batches, betas, recalibrate_bn, recal, spread))
     successive = [{'from': levels[i], 'to': levels[i + 1], **paths[i, i + 1],
-                   'connected': paths[i, i + 1]['barrier'] <= tolerance,
+                   'connected': is_connected(paths[i, i + 1]['barrier'], tolerance),
                    'both_matching': matching[levels[i]] and matching[levels[i + 1]]} for i in range(n - 1)]
     max_err = [[point[i]['error'] if i == j else None for j in range(n)] for i in range(n)]
     barrier = [[0.0 if i == j else None for j in range(n)] for i in range(n)]
@@ -204,16 +223,18 @@ def analyze_run(save_folder: str, model: torch.nn.Module, eval_dataloader: Any, 
         max_err[i][j] = max_err[j][i] = path['max_error']
         barrier[i][j] = barrier[j][i] = path['barrier']
 
+    masks = {l: folder.verified_load(l, 'mask.pt', rows[l]['manifest']['mask.pt']) for l in levels[1:]}
+
     def projection(a: int, b: int) -> dict:
         """``m_b ⊙ w_a``: the level-a solution projected onto the next level's axial subspace."""
-        mask = torch.load(folder.mask(b), map_location='cpu', weights_only=True)
+        mask = masks[b]
         return {k: (v * mask[k].to(v.dtype) if k in mask else v) for k, v in weights[a].items()}
 
     plane_results = []
     if planes:
         for a, b in zip(levels, levels[1:]):
             def compute(a=a, b=b):
-                prunable = set(torch.load(folder.mask(b), map_location='cpu', weights_only=True))
+                prunable = set(masks[b])
                 return plane_slice(model, weights[a], projection(a, b), weights[b], batches, prunable, planes,
                                    recalibrate_bn=recalibrate_bn, recalibration_batches=recal, all_reduce=spread)
             plane_results.append({'level': a, **cache.path(f'slice_{a:02d}_{planes}', [a, b], compute)})
@@ -255,7 +276,7 @@ def analyze_run(save_folder: str, model: torch.nn.Module, eval_dataloader: Any, 
     }
     if dist.get_global_rank() == 0:
         os.makedirs(out, exist_ok=True)
-        atomic_write_text(json.dumps(result, indent=2), os.path.join(out, 'analysis.json'))
+        atomic_write_text(json.dumps(result, indent=2), folder.analysis_json)
         if cache.reused:
             log.info('analysis reused %d finished evaluation(s) from %s', cache.reused, cache.dir)
         plot_landscape_report(result, out)
@@ -275,17 +296,6 @@ def refuse_changed_settings(previous: str, settings: dict, folder: str) -> None:
         raise ValueError(f'{previous} was made with other settings ({"; ".join(changed)}). Run with the same '
                          f'settings to resume or extend it, or replace it with `python -m composer_imp.analyze {folder} '
                          '--overwrite ...` (overwrite=True in Python).')
-
-
-def _replicate_epsilon(root: str) -> Optional[float]:
-    """ε of the replicate analysis of the folder above ``root``, if ``root`` is one of its replicates."""
-    path = os.path.join(os.path.dirname(os.path.abspath(root)), 'analysis', 'replicates.json')
-    try:
-        with open(path) as f:
-            result = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return result['tolerance'] if os.path.basename(os.path.abspath(root)) in result.get('replicates', []) else None
 
 
 def _eval_share(loader: Any) -> Any:

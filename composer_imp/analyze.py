@@ -18,14 +18,13 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from omegaconf import OmegaConf
-
 from composer_imp.analysis import LandscapeSettings, analyze_run
-from composer_imp.artifacts import RunFolder, replicate_folders
 from composer_imp.config import config_from_dict
 from composer_imp.connectivity import DEFAULT_BETAS
+from composer_imp.criteria import DEFAULT_TOLERANCE
 from composer_imp.recipes import build_recipe
 from composer_imp.replicates import analyze_replicates
+from composer_imp.run_folder import RunFolder
 from composer_imp.stability import instability, perturbation
 
 __all__ = ['main']
@@ -38,7 +37,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('save_folder')
     parser.add_argument('--betas', default=','.join(str(b) for b in DEFAULT_BETAS), help='comma-separated β grid')
     parser.add_argument('--tolerance', type=float, default=None,
-                        help='matching / connectivity tolerance (error); default: ε across replicates, else 0.01')
+                        help=f'matching / connectivity tolerance (error); default: ε on a folder of replicates, else '
+                             f'{DEFAULT_TOLERANCE} (a replicate analysed alone: give the replicates\' ε)')
     parser.add_argument('--recalibrate-bn', action='store_true', help='recompute BatchNorm statistics per network')
     parser.add_argument('--no-pairwise', action='store_true', help='successive pairs only')
     parser.add_argument('--planes', type=int, default=0, metavar='N',
@@ -52,27 +52,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(format='[composer-imp] %(message)s')
     logging.getLogger('composer_imp').setLevel(logging.INFO)
     try:
-        betas = [float(b) for b in args.betas.split(',')]
-        replicated = bool(replicate_folders(args.save_folder)) and not os.path.isfile(RunFolder(args.save_folder).config)
-        run = replicate_folders(args.save_folder)[0] if replicated else args.save_folder
-        if not os.path.isfile(RunFolder(run).config):
-            raise FileNotFoundError(f'{os.path.abspath(run)} is not an IMP run: config.yaml is missing (point at the '
-                                    'save_folder of a run made by run.py).')
-        recipe = build_recipe(config_from_dict(OmegaConf.to_container(OmegaConf.load(RunFolder(run).config),
-                                                                      resolve=True)))
+        try:
+            betas = [float(b) for b in args.betas.split(',')]
+        except ValueError:
+            raise ValueError(f'--betas must be comma-separated numbers in [0, 1] such as 0,0.5,1; got {args.betas!r}.') from None
+        # Checked before the recipe is built or anything is read or written.
+        settings = LandscapeSettings(betas, args.tolerance, args.recalibrate_bn, not args.no_pairwise, args.planes)
+        folder = RunFolder(args.save_folder)
+        replicated = bool(folder.replicates()) and not os.path.isfile(folder.config)
+        run = folder.replicates()[0] if replicated else folder
+        recipe = build_recipe(config_from_dict(run.read_config()))
         if args.instability or args.perturbation:
-            tolerance = 0.01 if args.tolerance is None else args.tolerance
+            tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
             for run_experiment, wanted in ((instability, args.instability), (perturbation, args.perturbation)):
                 if wanted:
                     result = run_experiment(recipe.make_trainer, args.save_folder, betas=betas, tolerance=tolerance)
-                    log.info('%s written to %s', result['experiment'], os.path.join(args.save_folder, 'stability'))
+                    log.info('%s written to %s', result['experiment'], folder.stability_result(result['experiment']))
             return 0
-        settings = LandscapeSettings(betas, args.tolerance, args.recalibrate_bn, not args.no_pairwise, args.planes)
         options = (recipe.analysis_model(), recipe.eval_dataloader, recipe.sweep_data, settings, args.overwrite)
         if replicated:
             result = analyze_replicates(args.save_folder, *options)
             log.info('analysis of %d replicates written to %s; ε = %.2f points; connected iff matching: %s',
-                     len(result['replicates']), os.path.join(args.save_folder, 'analysis', 'replicates.md'),
+                     len(result['replicates']), os.path.join(folder.analysis_dir, 'replicates.md'),
                      100 * result['epsilon'], result['connected_iff_matching'])
             return 0
         result = analyze_run(args.save_folder, *options)
@@ -80,7 +81,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'composer-imp analyze: error: {e}', file=sys.stderr)
         return 2
     log.info('analysis of %d levels written to %s; connected iff matching: %s', len(result['levels']),
-             os.path.join(args.save_folder, 'analysis'), result['connected_iff_matching'])
+             folder.analysis_dir, result['connected_iff_matching'])
     return 0
 
 

@@ -29,12 +29,11 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from composer_imp.run_folder import IMP_NAMES
+
 __all__ = ['RunConfig', 'ConfigError', 'load_config', 'config_from_dict', 'translate_imp_block', 'IMP_NAMES']
 
 log = logging.getLogger(__name__)
-
-IMP_NAMES = ('IMP', 'AdaptiveIMP')
-
 
 class ConfigError(ValueError):
     """A configuration problem the user can fix; the message names the key and the fix."""
@@ -46,7 +45,7 @@ class AnalysisConfig:
 
     enabled: bool = False
     betas: list = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
-    tolerance: Optional[float] = None  # null: ε across replicates, or 0.01 for a single run
+    tolerance: Optional[float] = None  # null: ε across replicates, or criteria.DEFAULT_TOLERANCE for a single run
     recalibrate_bn: bool = False
     pairwise: bool = True
     planes: int = 0
@@ -182,6 +181,12 @@ def config_from_dict(user: dict) -> DictConfig:
                           f'{{ratio: 0.2, rewind: 1ep}}); this config has {enabled or "none"}.')
     if cfg.levels < 0:
         raise ConfigError(f'levels={cfg.levels} must be a whole number >= 0 (pruned levels after the dense one).')
+    if cfg.analysis.enabled and cfg.levels < 1:
+        raise ConfigError(f'analysis.enabled needs at least one pruned level (levels >= 1): it compares levels along '
+                          f'linear paths; levels={cfg.levels}. Raise levels, or set analysis.enabled=false.')
+    if cfg.analysis.planes < 0 or cfg.analysis.planes == 1:
+        raise ConfigError(f'analysis.planes={cfg.analysis.planes} must be 0 (no 2-D slices) or a grid size of at '
+                          'least 2 (the paper: 51).')
     bad = [l for l in cfg.controls.levels if isinstance(l, bool) or not isinstance(l, int) or not 1 <= l <= cfg.levels]
     if bad:
         raise ConfigError(f'controls.levels must be pruned levels between 1 and levels={cfg.levels}; got {bad}.')
@@ -196,6 +201,9 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
         base = OmegaConf.load(path)
     except Exception as e:  # YAML syntax errors come in several types
         raise ConfigError(f'{path} is not valid YAML: {e}') from None
+    if not isinstance(base, DictConfig):
+        raise ConfigError(f'{path} must hold a mapping of recipe keys (save_folder: ..., model: ..., ...); it holds a '
+                          f'{"list" if base is not None else "nothing"}. See yamls/quickstart.yaml.')
     bad = [o for o in overrides if '=' not in o]
     if bad:
         raise ConfigError(f'Overrides must look like key=value (e.g. levels=3); got {bad}.')

@@ -18,7 +18,7 @@ from composer.models import ComposerModel
 
 from composer_imp.evaluate import evaluate, interpolate
 
-__all__ = ['error_barrier', 'iff_verdict', 'in_lcs_set', 'linear_path', 'PlaneFrame', 'plane_point', 'plane_slice',
+__all__ = ['error_barrier', 'linear_path', 'PlaneFrame', 'plane_point', 'plane_slice',
            'DEFAULT_BETAS']
 
 DEFAULT_BETAS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -36,35 +36,6 @@ def error_barrier(errors: Sequence[float], betas: Sequence[float]) -> float:
         raise ValueError('The beta grid must contain the endpoints 0.0 and 1.0.')
     e0, e1 = points[0.0], points[1.0]
     return round(max(e - ((1 - b) * e0 + b * e1) for b, e in points.items()), 12)
-
-
-def in_lcs_set(values: Sequence[float], epsilon: float) -> bool:
-    """Definition 2.1: is the end of a linear path from ``w`` in the ε-LCS-set of ``w``?
-
-    ``values``: error (or loss) along the path from ``w`` (first) to ``w'`` (last). ``w'`` is in the set when it is
-    within ``E(w) + ε`` *and* so is every point of the line between them (no barrier above ``E(w) + ε``).
-
-    Example:
-        >>> in_lcs_set([0.10, 0.104, 0.108], 0.01), in_lcs_set([0.10, 0.13, 0.105], 0.01)
-        (True, False)
-    """
-    return max(values) <= values[0] + epsilon
-
-
-def iff_verdict(successive: Sequence[Mapping]) -> dict:
-    """"Connected iff matching" judged as the paper states it (§2.1): over successive pairs of *pruned* levels
-    (L ≥ 1 → L + 1). The dense → level-1 pair is reported on its own line: the paper notes that levels 0 and 1 may
-    not be connected when the dense network is not yet stable at τ (Appendix D; only CIFAR-10 extends to level 0).
-
-    ``successive``: ``[{'from', 'to', 'connected', 'both_matching'}]``. Returns ``{'holds': bool, or None while no
-    pair of pruned levels exists, 'pairs': [{'from', 'to', 'matching', 'connected', 'agree'}] for L ≥ 1,
-    'dense_pair': the same row for 0 → 1, or None}``.
-    """
-    rows = [{'from': s['from'], 'to': s['to'], 'matching': s['both_matching'], 'connected': s['connected'],
-             'agree': s['connected'] == s['both_matching']} for s in successive]
-    pruned = [r for r in rows if r['from'] >= 1]
-    return {'holds': all(r['agree'] for r in pruned) if pruned else None, 'pairs': pruned,
-            'dense_pair': next((r for r in rows if r['from'] == 0), None)}
 
 
 def linear_path(

@@ -26,11 +26,11 @@ from typing import Mapping, Sequence
 import torch
 from composer.utils import dist
 
-from composer_imp.artifacts import RunFolder, atomic_write_text
+from composer_imp.run_folder import RunFolder, atomic_write_text
 from composer_imp.data_order import branch_data_seed
-from composer_imp.level_loop import (MakeTrainer, build_level_trainer, fit_level, imp_trainer_args, log_rank0,
-                                     on_rank0)
-from composer_imp.masks import Mask, load_mask, unwrap_model
+from composer_imp.lifecycle import MakeTrainer, build_level_trainer, fit_level, imp_trainer_args
+from composer_imp.rank_zero import held_on_rank0, log_rank0, on_rank0
+from composer_imp.masks import Mask, unwrap_model
 
 __all__ = ['CONTROLS', 'random_mask_like', 'shuffle_kept_weights', 'run_control', 'run_controls']
 
@@ -69,12 +69,15 @@ def run_control(make_trainer: MakeTrainer, save_folder: str, level: int, kind: s
     folder = RunFolder(save_folder)
     if not folder.is_done(level) or level < 1:
         raise ValueError(f'Controls branch from a finished pruned level; {folder.level_dir(level)} is not one.')
-    path = os.path.join(folder.level_dir(level), 'controls', f'{kind}.json')
+    path = folder.control(level, kind)
+    dense = on_rank0(lambda: folder.verified_row(0))
+    # What the control is made from: reused only while the rewind point and the ticket's mask are the same files.
+    made_from = {'rewind.pt': dense['manifest']['rewind.pt'],
+                 'mask.pt': on_rank0(lambda: folder.verified_row(level))['manifest']['mask.pt']}
     done = on_rank0(lambda: json.load(open(path)) if os.path.isfile(path) else None)
-    if done is not None:
+    if done is not None and done.get('made_from') == made_from and done.get('seed') == seed:
         return done
-    ticket = on_rank0(lambda: load_mask(folder.mask(level)))
-    dense = on_rank0(lambda: folder.read_row(0))
+    ticket = on_rank0(lambda: folder.verified_mask(level))
     run_seed, run_order, data_order = on_rank0(lambda: (folder.recorded_seed(), folder.recorded_data_seed(),
                                                         folder.recorded_imp()['data_order']))
     order = branch_data_seed(run_order, level, data_order)  # the ticket level's own data order
@@ -96,7 +99,7 @@ def run_control(make_trainer: MakeTrainer, save_folder: str, level: int, kind: s
     row = {'level': level, 'kind': kind, 'seed': seed, 'accuracy': result.row['accuracy'], 'loss': result.row['loss'],
            'eval': result.row['eval'], 'weights_remaining': result.row['weights_remaining'],
            'nonzero': result.row['nonzero_at_start'], 'mask_kept': {k: int(m.sum()) for k, m in mask.items()},
-           'dense_accuracy': dense.get('accuracy')}
+           'dense_accuracy': dense.get('accuracy'), 'made_from': made_from}
     if dist.get_global_rank() == 0:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_write_text(json.dumps(row, indent=2), path)
@@ -110,12 +113,14 @@ def run_controls(make_trainer: MakeTrainer, save_folder: str, levels: Sequence[i
     unknown = [k for k in kinds if k not in CONTROLS]
     if unknown:
         raise ValueError(f'Unknown controls {unknown}; valid: {list(CONTROLS)}.')
+    folder = RunFolder(save_folder)
     rows = []
-    for level in levels:
-        ticket = RunFolder(save_folder).read_row(level)
-        for kind in kinds:
-            row = run_control(make_trainer, save_folder, level, kind, seed)
-            rows.append(row)
-            log_rank0('control %s at level %02d (%.1f%% weights): accuracy %.2f%% (ticket %.2f%%)', kind, level,
-                      100 * row['weights_remaining'], 100 * row['accuracy'], 100 * ticket['accuracy'])
+    with held_on_rank0(folder.lock('controls')):  # controls train in the run's folder: not beside another process
+        for level in levels:
+            ticket = on_rank0(lambda: folder.verified_row(level))
+            for kind in kinds:
+                row = run_control(make_trainer, save_folder, level, kind, seed)
+                rows.append(row)
+                log_rank0('control %s at level %02d (%.1f%% weights): accuracy %.2f%% (ticket %.2f%%)', kind, level,
+                          100 * row['weights_remaining'], 100 * row['accuracy'], 100 * ticket['accuracy'])
     return rows

@@ -14,8 +14,8 @@ level and tells the component which level it is in. Inside a level the component
 The mask binds at ``FIT_START`` to the model as the Trainer holds it, after Composer's own surgery (BlurPool,
 SqueezeExcite, ChannelsLast, ...), so masks, checkpoints and weight files share the post-surgery names.
 
-:func:`apply_imp` is the functional form of one IMP step: prune a solution by magnitude and rewind the model to
-``mask ⊙ w_τ``.
+:func:`apply_imp` is the functional form of one IMP step: (prune a solution by magnitude,) rewind the model and
+apply the mask, ``mask ⊙ w_τ``; ``IMP`` calls it when a level starts.
 
 Example:
     >>> import torch
@@ -41,7 +41,7 @@ from composer_imp.keep_mask import KeepMask, apply_keep_mask
 from composer_imp.loss_statistics import LossStatistics
 from composer_imp.masks import Mask, full_mask, magnitude_prune, unwrap_model
 from composer_imp.faults import LossGuard
-from composer_imp.rewind import RewindCheckpoint, parse_rewind, rewind_batches
+from composer_imp.rewind import RewindCheckpoint, parse_rewind, rewind_step
 
 __all__ = ['IMP', 'apply_imp', 'INCOMPATIBLE_ALGORITHMS']
 
@@ -64,32 +64,39 @@ INCOMPATIBLE_ALGORITHMS = {
 
 def apply_imp(
     model: nn.Module,
-    solution: Mapping[str, torch.Tensor],
     mask: Mapping[str, torch.Tensor],
-    ratio: float,
+    *,
+    solution: Optional[Mapping[str, torch.Tensor]] = None,
+    ratio: Optional[float] = None,
     rewind_weights: Optional[Mapping[str, torch.Tensor]] = None,
     scope: str = 'global',
     optimizers: Optional[Union[torch.optim.Optimizer, Sequence[torch.optim.Optimizer]]] = None,
 ) -> Mask:
-    """One IMP step: prune ``ratio`` of the remaining weights of ``solution`` by magnitude, rewind, apply the mask.
+    """One IMP step on ``model``: (prune,) rewind, apply the mask. What :class:`IMP` does when a level starts.
 
     Args:
-        model: the network to rewind (its parameter names are those of ``solution``).
-        solution: the trained weights ``w_L`` whose magnitudes decide (a ``state_dict``).
-        mask: the current mask ``m_L`` (``{name: bool tensor}``, ``True`` = kept); the new mask is nested in it.
-        ratio: fraction of the remaining weights to prune, in (0, 1).
-        rewind_weights: ``w_τ`` to load into ``model`` before masking (``None``: keep the model's weights).
+        model: the network (its parameter names are those of the mask and of ``solution``).
+        mask: the current mask (``{name: bool tensor}``, ``True`` = kept).
+        solution: the trained weights ``w_L`` whose magnitudes decide, with ``ratio``: prune ``ratio`` of ``mask``'s
+            remaining weights (the new mask is nested in ``mask``). ``None``: apply ``mask`` as it is (the level loop
+            has chosen it already).
+        ratio: fraction of the remaining weights to prune, in (0, 1), with ``solution``.
+        rewind_weights: ``w_τ`` to load into ``model`` before masking (``None``: keep the model's weights, e.g. the
+            rewind point a Trainer loaded).
         scope: ``'global'`` (the paper) or ``'layerwise'`` magnitude pruning.
         optimizers: optimizers whose per-weight state is masked too.
 
     Returns:
-        The new mask ``m_{L+1}``; ``model`` now holds ``m_{L+1} ⊙ w_τ``.
+        The mask now applied; ``model`` holds ``mask ⊙ w_τ``.
     """
-    new_mask = magnitude_prune(solution, mask, ratio, scope)
+    if solution is not None:
+        if ratio is None:
+            raise ValueError('apply_imp: give the ratio to prune together with the solution whose magnitudes decide.')
+        mask = magnitude_prune(solution, mask, ratio, scope)
     if rewind_weights is not None:
         model.load_state_dict(rewind_weights)
-    apply_keep_mask(model, new_mask, optimizers)
-    return new_mask
+    apply_keep_mask(model, mask, optimizers)
+    return dict(mask)
 
 
 class IMP(Algorithm):
@@ -158,13 +165,9 @@ class IMP(Algorithm):
         kwargs = {k: v for k, v in self.settings().items() if k != 'name'}
         return f'{type(self).__name__}({", ".join(f"{k}={v!r}" for k, v in kwargs.items())})'
 
-    def tau(self, batches_per_epoch: Optional[int]) -> int:
-        """τ in optimizer steps."""
-        return rewind_batches(self.rewind, batches_per_epoch or 0)
-
     def rewind_step(self, state: State) -> int:
         """τ in optimizer steps of the Trainer holding ``state`` (epochs counted with its training loader)."""
-        return self.tau(int(state.dataloader_len.value) if state.dataloader_len is not None else None)
+        return rewind_step(self.rewind, state)
 
     def check(self, state: State) -> None:
         """Refuse, before any training, what cannot train under a mask (called by the level loop at level 0)."""
@@ -222,6 +225,8 @@ class IMP(Algorithm):
                 raise RuntimeError(f'{type(self).__name__} runs its levels through composer_imp.find_ticket(make_trainer, '
                                    'save_folder, ...): call that instead of trainer.fit() (see the README).')
             return
+        if event == Event.FIT_START and self.level:  # the level starts from m_L ⊙ w_τ (Composer loaded w_τ)
+            apply_imp(state.model, self.mask, optimizers=state.optimizers)
         if self._keep is not None and self._keep.match(event, state):
             self._keep.apply(event, state, logger)
         if event == Event.FIT_START:  # what this level actually starts from, after the mask is applied

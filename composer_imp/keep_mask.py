@@ -1,7 +1,7 @@
 """A Composer Algorithm that keeps a pruning mask exactly during training.
 
 Composer runs the forward and backward passes inside the optimizer's closure and steps the
-optimizer after ``AFTER_TRAIN_BATCH`` (see NOTES.md). So the algorithm
+optimizer after ``AFTER_TRAIN_BATCH``, then fires ``BATCH_END``. So the algorithm
 
 * zeroes pruned weights and their optimizer state at ``FIT_START`` (after any checkpoint load),
 * zeroes their gradients at ``AFTER_TRAIN_BATCH`` (after all microbatches, after AMP unscaling,

@@ -11,16 +11,21 @@
    (nested in ``m_{L-1}``); build the Trainer with ``imp_args`` that load the rewind point; ``IMP`` binds
    ``m_L`` to the model as Composer holds it and keeps it exact; fit;
 4. after every level: ``level_XX/{mask.pt, selection.json, weights.pt, level.json}`` and ``summary.json``
-   (:mod:`composer_imp.artifacts`); a re-run resumes.
+   (:mod:`composer_imp.run_folder`); a re-run resumes.
 
 Every level starts like OpenLTH's: from ``w_τ`` at step τ of the learning-rate schedule, with a fresh optimizer
 (``IMP(rewind_optimizer=True)`` restores the momentum at τ) and its own data order (``IMP(data_order='replay')``
 replays the pretraining's).
 
-What ``imp_args`` holds: for a level from the rewind point ``load_path`` (the rewind point) and
+What ``imp_args`` holds: ``run_name``; for a level from the rewind point ``load_path`` (the rewind point) and
 ``load_weights_only=False``; with ``checkpoint_interval`` also ``save_folder`` (the level's own), ``save_interval``,
-``autoresume``, ``run_name``.
-A Trainer that did not load what was passed, or that would write checkpoints elsewhere, is refused.
+``autoresume``. A Trainer that was not given them, or that would write checkpoints elsewhere, is refused before
+anything trains (:mod:`composer_imp.lifecycle`).
+
+The run folder is locked for the run's life (:mod:`composer_imp.folder_lock`); ``config.yaml`` is written once the
+pretraining's Trainer has passed every check and before anything trains, so every interruption resumes with the
+same command; ``overwrite`` moves the previous run aside and deletes it only once the new run has started
+(:meth:`~composer_imp.run_folder.RunFolder.set_aside`).
 
 Example:
     >>> from composer import Trainer
@@ -35,212 +40,47 @@ Example:
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 from composer import Trainer
 from composer.core import State, Time
-from composer.metrics import CrossEntropy, LossMetric
-from composer.utils import dist, reproducibility
+from composer.utils import dist
 from omegaconf import OmegaConf
-from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy, MultilabelAccuracy
 
-from composer_imp.artifacts import RunFolder, atomic_torch_save, atomic_write_text, changed_keys, replicate_folder
-from composer_imp.data_order import (SEED_STRIDE, ShiftCheckpointedOrder, branch_data_seed, forget_resumed_position,
-                                     release_workers, reseed_data_order, restart_epoch_counters)
+from composer_imp.criteria import DEFAULT_TOLERANCE, is_matching
+from composer_imp.data_order import branch_data_seed
 from composer_imp.imp import IMP
-from composer_imp.masks import Mask, full_mask, load_mask, magnitude_prune, sparsity_report, unwrap_model
+from composer_imp.lifecycle import MakeTrainer, build_level_trainer, close_trainer, fit_level, imp_trainer_args
+from composer_imp.masks import Mask, full_mask, load_mask, magnitude_prune, unwrap_model
 from composer_imp.plots import plot_accuracy_vs_compute
+from composer_imp.rank_zero import held_on_rank0, log_rank0, on_rank0
+from composer_imp.rewind import check_rewind
+from composer_imp.run_folder import IMP_NAMES, RunFolder, atomic_torch_save, atomic_write_text, changed_keys
 
-__all__ = ['find_ticket', 'build_level_trainer', 'fit_level', 'close_trainer', 'imp_trainer_args', 'on_rank0',
-           'LevelResult', 'MakeTrainer', 'RESUMABLE_KEYS']
+__all__ = ['find_ticket', 'RESUMABLE_KEYS']
 
-log = logging.getLogger(__name__)
-
-MakeTrainer = Callable[[int, int, dict], Trainer]
 # Keys a re-run may change without mixing runs: more levels extend a finished run, and a run folder may move.
 RESUMABLE_KEYS = ('levels', 'progress_bar', 'save_folder', 'analysis', 'replicates', 'controls')
-_ACCURACY = (MulticlassAccuracy, BinaryAccuracy, MultilabelAccuracy)
-
-
-def on_rank0(compute: Callable[[], Any]) -> Any:
-    """``compute()`` run on rank 0 only (it reads the run folder) and its result sent to every rank."""
-    holder = [compute() if dist.get_global_rank() == 0 else None]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
-def imp_trainer_args(folder: RunFolder, level: Optional[int], checkpoint_interval: Optional[str], run_name: str,
-                     from_rewind: bool = True, data_shift: int = 0) -> dict:
-    """The Trainer arguments of one training: ``level=None`` is the pretraining (from initialization, checkpoints
-    in ``rewind/checkpoints``); a level loads the rewind point when ``from_rewind`` (every level but level 0 at
-    τ = 0) and checkpoints into its own folder. ``data_shift``: how many data seeds the level's order is from the
-    pretraining's (a data order the checkpoint carries is moved by as many)."""
-    args: dict[str, Any] = {}
-    if level is not None and from_rewind:
-        args.update(load_path=folder.rewind, load_weights_only=False)
-        if data_shift:
-            args.update(load_ignore_keys=ShiftCheckpointedOrder(data_shift))
-    if checkpoint_interval:
-        # A crash between writing a checkpoint and its `latest` link leaves a file autoresume does not know; the
-        # resumed run re-creates it, so overwriting it is safe.
-        args.update(save_folder=folder.checkpoints(level) if level is not None else folder.pretraining_checkpoints,
-                    save_interval=checkpoint_interval, save_num_checkpoints_to_keep=1, autoresume=True,
-                    save_overwrite=True,
-                    run_name=f'{run_name}-level{level:02d}' if level is not None else f'{run_name}-pretraining')
-    return args
-
-
-def _inside(path: Optional[str], folder: str) -> bool:
-    return path is not None and os.path.abspath(path).startswith(os.path.abspath(folder) + os.sep)
-
-
-def build_level_trainer(make_trainer: MakeTrainer, level: int, seed: int, imp_args: dict,
-                        data_seed: int = 0) -> tuple[Trainer, IMP]:
-    """Call the user's ``make_trainer`` for ``level`` and check the Trainer it returns before anything trains.
-
-    Seeds every RNG with ``seed`` first (the model's initialization follows it), then checks: a ``Trainer``,
-    exactly one :class:`~composer_imp.IMP`, the load path IMP passed (or an autoresume checkpoint inside the
-    level's own folder), checkpoints only inside the level's folder. Sets the data order of ``data_seed``; a data
-    seed other than 0 also seeds the RNG (augmentation draws) from it, unless a checkpoint brings its own RNG state.
-    """
-    reproducibility.seed_all(seed)
-    trainer = make_trainer(level, seed, dict(imp_args))
-    if not isinstance(trainer, Trainer):
-        raise TypeError(f'make_trainer(level, seed, imp_args) must return a composer.Trainer; it returned '
-                        f'{type(trainer).__name__}. End it with `return Trainer(..., **imp_args)`.')
-    imps = [a for a in trainer.state.algorithms if isinstance(a, IMP)]
-    if len(imps) != 1:
-        names = [type(a).__name__ for a in imps]
-        trainer.close()
-        raise ValueError(f'The Trainer make_trainer returned has {len(imps)} IMP components {names}; put exactly one '
-                         'IMP(...) or AdaptiveIMP(...) in its algorithms=[...].')
-    checkpoints = imp_args.get('save_folder')
-    loaded, expected = trainer.state.load_path, imp_args.get('load_path')
-    if not (loaded == expected or (checkpoints and _inside(loaded, checkpoints))):
-        trainer.close()
-        raise ValueError(f'Level {level}: the Trainer loaded {loaded!r}, but IMP passed load_path={expected!r}. Pass '
-                         '**imp_args to Trainer(...) and drop your own load_path / autoresume: each level loads the '
-                         'rewind point and resumes from its own checkpoints.')
-    saver = getattr(trainer, '_checkpoint_saver', None)
-    if saver is not None and not (checkpoints and os.path.abspath(saver.folder) == os.path.abspath(checkpoints)):
-        trainer.close()
-        raise ValueError(f'Level {level}: the Trainer would write checkpoints to {saver.folder!r}, outside the level '
-                         f'folder. Drop save_folder from your Trainer(...) and set checkpoint_interval= in find_ticket: '
-                         'each level then checkpoints into its own folder and resumes from it.')
-    state = trainer.state
-    reseed_data_order(state.train_dataloader, data_seed)
-    if data_seed:
-        reproducibility.seed_all((seed + SEED_STRIDE * data_seed + dist.get_global_rank()) % 2**32)
-    restart_epoch_counters(state.train_dataloader, *(e.dataloader.dataloader for e in state.evaluators))
-    if not state.dataset_resumption.get('train'):  # no checkpoint brought a position: start at the beginning
-        forget_resumed_position(state.train_dataloader)
-    return trainer, imps[0]
-
-
-@dataclass
-class LevelResult:
-    """What one fit of a level produced."""
-    row: dict
-    weights: dict
-
-
-def _metric(state: State, name: Optional[str], kinds: tuple, what: str) -> Optional[float]:
-    values = {k: float(v) for k, v in state.eval_metric_values.items()}
-    if name is not None:
-        if name not in values:
-            raise ValueError(f'{what}={name!r} is not an eval metric of this Trainer; it reported {sorted(values)}.')
-        return values[name]
-    for metrics in state.eval_metrics.values():
-        for key, metric in metrics.items():
-            if isinstance(metric, kinds) and key in values:
-                return values[key]
-    return None
-
-
-def _chance_accuracy(state: State) -> Optional[float]:
-    for metrics in state.eval_metrics.values():
-        for metric in metrics.values():
-            classes = getattr(metric, 'num_classes', None)
-            if isinstance(metric, _ACCURACY) and classes:
-                return 1.0 / int(classes)
-    return None
-
-
-def fit_level(trainer: Trainer, imp: IMP, level: int, mask: Mask, rewind_path: str, start_step: int,
-              metric: Optional[str] = None, loss_metric: Optional[str] = None) -> LevelResult:
-    """One level's lifecycle after its Trainer is built: bind the mask, fit, collect the row, close the Trainer.
-
-    Shared by the levels and the controls. ``start_step``: the step the level starts from (τ, or 0 for level 0 at
-    τ = 0). ``metric`` / ``loss_metric``: the eval metric names recorded as the level's accuracy and loss (default:
-    the first accuracy metric and the first cross-entropy/loss metric).
-    """
-    start = time.perf_counter()
-    state = trainer.state
-    imp.start_level(level, mask, rewind_path)
-    loaded_at = int(state.timestamp.batch)  # > τ when Composer autoresumed an interrupted level
-    if state.load_path is not None and loaded_at == start_step and (start_step == 0 or not imp.rewind_optimizer):
-        # A fresh optimizer from τ (OpenLTH). At τ = 0 always: the pretraining's optimizer had no state yet, and what
-        # the checkpoint holds is an artifact of saving it (torch fills momentum with weight_decay * w).
-        for optimizer in state.optimizers:
-            optimizer.state.clear()
-    end = state.max_duration
-    if end is not None and state.timestamp.get(end.unit) >= end:
-        # Autoresumed from the level's last checkpoint: it finished training before its files were written.
-        trainer.eval()
-    else:
-        trainer.fit()
-    fit_seconds = time.perf_counter() - start
-    accuracy = _metric(state, metric, _ACCURACY, 'metric')
-    loss = _metric(state, loss_metric, (CrossEntropy, LossMetric), 'loss_metric')
-    weights = {k: v.detach().cpu().clone() for k, v in unwrap_model(state.model).state_dict().items()}
-    report = sparsity_report(mask)
-    steps = int(state.timestamp.batch) - start_step
-    row = {
-        'level': level, 'weights_remaining': report['weights_remaining'], 'remaining': report['remaining'],
-        'prunable': report['total'], 'accuracy': accuracy, 'loss': loss,
-        'eval': {k: float(v) for k, v in state.eval_metric_values.items()},
-        'steps': steps, 'start_step': start_step,
-        'resumed_from_step': loaded_at if loaded_at != start_step else None,
-        'fit_seconds': fit_seconds, 'nonzero_at_start': imp.nonzero_at_start, **imp.statistics.result(),
-    }
-    chance = _chance_accuracy(state)
-    row['collapsed'] = bool(accuracy is not None and chance is not None and accuracy <= 1.5 * chance)
-    if row['collapsed'] and dist.get_global_rank() == 0:
-        log.warning('level %02d accuracy %.2f%% is at chance level (%.1f%%)', level, 100 * accuracy, 100 * chance)
-    trainer.logger.log_metrics({'imp/level': level, 'imp/weights_remaining': row['weights_remaining'],
-                                **({'imp/accuracy': accuracy} if accuracy is not None else {}),
-                                **({'imp/loss': loss} if loss is not None else {})})
-    close_trainer(trainer)
-    return LevelResult(row, weights)
-
-
-def close_trainer(trainer: Trainer) -> None:
-    """Close a fitted Trainer, first releasing the workers of its loaders: the next Trainer reuses them."""
-    state = trainer.state
-    for loader in (state.train_dataloader, *(e.dataloader.dataloader for e in state.evaluators)):
-        release_workers(loader)
-    trainer.close()
 
 
 class _Run:
     """One IMP run in one folder (a replicate is one such run)."""
 
-    def __init__(self, make_trainer: MakeTrainer, save_folder: str, levels: int, target_sparsity: Optional[float],
-                 checkpoint_interval: Optional[str], seed: int, data_seed: int, overwrite: bool,
-                 config: Optional[dict], metric: Optional[str], loss_metric: Optional[str]):
-        self.make_trainer, self.folder, self.levels = make_trainer, RunFolder(save_folder), levels
+    def __init__(self, make_trainer: MakeTrainer, folder: RunFolder, levels: int, target_sparsity: Optional[float],
+                 checkpoint_interval: Optional[str], seed: int, data_seed: int, config: Optional[dict],
+                 metric: Optional[str], loss_metric: Optional[str], on_started: Callable[[], None]):
+        self.make_trainer, self.folder, self.levels = make_trainer, folder, levels
         self.target, self.checkpoint_interval = target_sparsity, checkpoint_interval
-        self.seed, self.data_seed, self.overwrite = seed, data_seed, overwrite
+        self.seed, self.data_seed, self.on_started = seed, data_seed, on_started
         self.user_config, self.metric, self.loss_metric = dict(config or {}), metric, loss_metric
-        self.run_name = str(self.user_config.get('run_name') or os.path.basename(os.path.abspath(save_folder)) or 'imp')
+        self.run_name = str(self.user_config.get('run_name') or os.path.basename(folder.root) or 'imp')
         self.rows: list[dict] = []
         self.tau, self.data_order = 0, 'new'  # the recipe's, read from the pretraining's Trainer
+        self.settings: dict = {}  # the IMP component's, from the pretraining's Trainer: every level must have them
         self.pretraining_resumed_from: Optional[int] = None  # the step Composer autoresumed the pretraining from
 
     def build(self, level: Optional[int]) -> tuple[Trainer, IMP]:
@@ -249,31 +89,51 @@ class _Run:
         order = branch_data_seed(self.data_seed, level, self.data_order) if from_rewind else self.data_seed
         args = imp_trainer_args(self.folder, level, self.checkpoint_interval, self.run_name, from_rewind,
                                 order - self.data_seed)
-        return build_level_trainer(self.make_trainer, level or 0, self.seed, args, order)
+        trainer, imp = build_level_trainer(self.make_trainer, level or 0, self.seed, args, order)
+        changed = [f'{k} ({a!r} -> {b!r})' for k, a, b in changed_keys(self.settings, imp.settings())]
+        if self.settings and changed:
+            trainer.close()
+            raise ValueError(f'Level {level}: make_trainer built {type(imp).__name__} with other settings than the '
+                             f'run\'s: {", ".join(changed)}. Every level must use the same IMP settings (the level '
+                             'number is for logging, not for changing the recipe); a run with other settings needs its '
+                             'own save_folder.')
+        return trainer, imp
 
     def config(self, imp: IMP) -> dict:
+        """``config.yaml``: the recipe as given (a YAML recipe's keys), with the IMP component's full settings under
+        ``algorithms`` and the level loop's settings beside them."""
+        settings = imp.settings()
+        name = settings.pop('name')
+        given = dict(self.user_config.get('algorithms') or {})
+        algorithms = {k: (settings if k in IMP_NAMES else v) for k, v in given.items() if k not in IMP_NAMES or k == name}
+        algorithms.setdefault(name, settings)
         return OmegaConf.to_container(OmegaConf.create({
-            **self.user_config, 'save_folder': self.folder.root, 'imp': imp.settings(), 'levels': self.levels,
+            **self.user_config, 'save_folder': self.folder.root, 'algorithms': algorithms, 'levels': self.levels,
             'target_sparsity': self.target, 'checkpoint_interval': self.checkpoint_interval, 'seed': self.seed,
             'data_seed': self.data_seed,
         }), resolve=True)
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> list[dict]:
-        if self.overwrite and dist.get_global_rank() == 0:
-            self.folder.clear()  # before any Trainer exists: none may autoresume from the run being replaced
-        dist.barrier()
+        """The levels, with this run folder locked (a replicate's own lock too: it is a complete run folder)."""
+        with held_on_rank0(self.folder.lock('training')):
+            return self._run()
+
+    def _run(self) -> list[dict]:
         trainer, imp = self.build(None)  # the pretraining's: checks the recipe and settings before anything is written
         try:
             imp.check(trainer.state)
             self.check_metrics(trainer.state)
-            self.check_folder(imp)
+            on_rank0(lambda: self.check_folder(imp))
             self.tau, self.data_order = imp.rewind_step(trainer.state), imp.data_order
-            self.check_rewind(trainer.state, imp)
+            check_rewind(imp.rewind, trainer.state, type(imp).__name__)
+            self.settings = imp.settings()
+            on_rank0(lambda: self.start(imp))
         except Exception:
             trainer.close()
             raise
         mask: Optional[Mask] = None
+        stopped_at_target = False
         for level in range(self.levels + 1):
             if on_rank0(lambda: self.folder.verify(level)):
                 row, mask = on_rank0(lambda: (self.folder.read_row(level), load_mask(self.folder.mask(level))))
@@ -291,20 +151,32 @@ class _Run:
                 row, mask = self.train(level, trainer, imp, mask)
             trainer = None
             self.rows.append(row)
-            if dist.get_global_rank() == 0:
-                self.folder.write_summary(self.rows)
+            on_rank0(lambda: self.folder.write_summary(self.rows))
             if self.target is not None and 1.0 - row['weights_remaining'] >= self.target - 1e-12:
                 log_rank0('target_sparsity=%s reached at level %02d', self.target, level)
+                stopped_at_target = True
                 break
+        if not stopped_at_target:
+            self.keep_later_levels()
         self.report()
         return self.rows
 
-    def check_rewind(self, state: State, imp: IMP) -> None:
-        per_epoch = int(state.dataloader_len.value) if state.dataloader_len is not None else None
-        total = _total_batches(state.max_duration, per_epoch)
-        if total is not None and self.tau >= total:
-            raise ValueError(f'IMP rewind={imp.rewind!r} ({self.tau} batches) is not before max_duration='
-                             f'{state.max_duration} ({total} batches); choose an earlier rewind step.')
+    def start(self, imp: IMP) -> None:
+        """The run has passed its checks (rank 0): mark the folder, write ``config.yaml`` before anything trains (every
+        interruption from here on resumes with the same command), and let an overwrite delete the previous run."""
+        self.folder.mark()
+        self.folder.write_config(self.config(imp))
+        self.on_started()
+
+    def keep_later_levels(self) -> None:
+        """Levels beyond ``levels`` that an earlier run with more levels finished stay in ``summary.json``."""
+        later = on_rank0(lambda: [self.folder.read_row(level) for level in self.folder.levels_done()
+                                  if level > self.levels and self.folder.verify(level)])
+        if later:
+            self.rows.extend(later)
+            log_rank0('levels %02d-%02d were trained by an earlier run of this folder with more levels; kept in %s',
+                      later[0]['level'], later[-1]['level'], self.folder.summary)
+            on_rank0(lambda: self.folder.write_summary(self.rows))
 
     def pretrain(self, trainer: Trainer, imp: IMP) -> None:
         """Phase 1 of Algorithm 1: train the dense network from initialization to τ and save the rewind point there
@@ -319,21 +191,19 @@ class _Run:
 
     def drop_pretraining_checkpoints(self) -> None:
         """Once the rewind point exists, the pretraining's checkpoints are obsolete: it holds what they were for."""
-        if dist.get_global_rank() == 0 and os.path.isdir(self.folder.pretraining_checkpoints):
-            shutil.rmtree(self.folder.pretraining_checkpoints)
-        dist.barrier()
+        on_rank0(lambda: os.path.isdir(self.folder.pretraining_checkpoints) and
+                 shutil.rmtree(self.folder.pretraining_checkpoints))
 
     def train(self, level: int, trainer: Trainer, imp: IMP, previous: Optional[Mask]) -> tuple[dict, Mask]:
         start = time.perf_counter()
         mask, ratio, sweep = self.select(level, trainer, imp, previous)
-        if dist.get_global_rank() == 0:
-            os.makedirs(self.folder.root, exist_ok=True)
-            atomic_write_text(OmegaConf.to_yaml(OmegaConf.create(self.config(imp))), self.folder.config)
+
+        def write_selection() -> None:  # before training: a resumed level reuses it
             if not os.path.isfile(self.folder.selection(level)):
                 os.makedirs(self.folder.level_dir(level), exist_ok=True)
-                atomic_torch_save(mask, self.folder.mask(level))  # before training: a resumed level reuses it
+                atomic_torch_save(mask, self.folder.mask(level))
                 atomic_write_text(json.dumps({'ratio': ratio, 'sweep': sweep}, indent=2), self.folder.selection(level))
-        dist.barrier()
+        on_rank0(write_selection)  # rank 0 writes; a failure (a full disk) is raised on every rank
         result = fit_level(trainer, imp, level, mask, self.folder.rewind if self.tau == 0 else None, self.tau,
                            self.metric, self.loss_metric)
         row = {**result.row, 'ratio': ratio, 'sweep': sweep}
@@ -346,18 +216,16 @@ class _Run:
         # Compute in training-step equivalents: training steps plus the sweep's forward passes.
         row['compute'] = row['steps'] + (sweep['step_equivalents'] if sweep else 0.0)
         row['cumulative_compute'] = row['compute'] + (prev['cumulative_compute'] if prev else 0.0)
-        if dist.get_global_rank() == 0:
-            os.makedirs(self.folder.level_dir(level), exist_ok=True)
-            atomic_torch_save(result.weights, self.folder.weights(level))
+        on_rank0(lambda: atomic_torch_save(result.weights, self.folder.weights(level)))
         row['wall_seconds'] = time.perf_counter() - start
         row['overhead_seconds'] = row['wall_seconds'] - row['fit_seconds']
         row['overhead_fraction'] = row['overhead_seconds'] / row['wall_seconds']
-        if dist.get_global_rank() == 0:
-            row['manifest'] = self.folder.manifest(level)
-            atomic_write_text(json.dumps(row, indent=2), self.folder.level_json(level))  # last: marks the level done
+        def write_row() -> dict:
+            self.folder.write_row(row)  # last: marks the level done
             if os.path.isdir(self.folder.checkpoints(level)):
                 shutil.rmtree(self.folder.checkpoints(level))  # the level's solution is in weights.pt now
-        dist.barrier()
+            return self.folder.read_row(level)  # with its manifest, as a resumed run reads it
+        row = on_rank0(write_row)
         self.log_level(row)
         return row, mask
 
@@ -384,16 +252,24 @@ class _Run:
                 raise ValueError(f'{what}={name!r} is not an eval metric of this Trainer; it has {names}.')
 
     def check_folder(self, imp: IMP) -> None:
-        """Refuse to mix runs (nothing is written here)."""
+        """Refuse to mix runs (rank 0; nothing is written here)."""
         new = self.config(imp)
         if os.path.isfile(self.folder.config):
-            old = OmegaConf.to_container(OmegaConf.load(self.folder.config), resolve=True)
+            old = self.folder.read_config()
             if 'levels' in (old.get('imp') or {}):
                 raise ValueError(f'{self.folder.root} was made by composer-imp before IMP/AdaptiveIMP became Composer '
                                  'components (its config.yaml has an imp: block with levels), and cannot be resumed '
                                  'by this version. Its finished levels can still be analysed (python -m '
                                  'composer_imp.analyze). Use another save_folder, or --overwrite to start over.')
-            old['imp'] = self.folder.recorded_imp()
+            recorded = self.folder.recorded_imp()  # runs made before 0.3 keep their settings in an imp: block
+            name = recorded.pop('name', None)
+            if name is not None and name != type(imp).__name__:
+                raise ValueError(f'{self.folder.root} holds a run that was made with {name}, and this run uses '
+                                 f'{type(imp).__name__}. Use another save_folder, or overwrite (run.py --overwrite) to '
+                                 'replace that run.')
+            old.pop('imp', None)
+            old['algorithms'] = {**{k: v for k, v in (old.get('algorithms') or {}).items() if k not in IMP_NAMES},
+                                 **({name: recorded} if name else {})}
             changed = [f'{key} ({a!r} -> {b!r})' for key, a, b in changed_keys(old, new)
                        if key.split('.')[0] not in RESUMABLE_KEYS and a != '<unset>']
             if changed:
@@ -422,36 +298,21 @@ class _Run:
 
     def report(self) -> None:
         if dist.get_global_rank() == 0:
-            plot_accuracy_vs_compute({os.path.basename(self.folder.root): self.rows},
-                                     os.path.join(self.folder.root, 'accuracy_vs_compute.png'))
+            plot_accuracy_vs_compute({os.path.basename(self.folder.root): self.rows}, self.folder.compute_figure)
         dense = self.rows[0].get('accuracy')
         if dense is None:
             return
-        matching = [r for r in self.rows[1:] if r['accuracy'] is not None and r['accuracy'] >= dense - 0.01]
+        # Matching as the analysis judges it (composer_imp.criteria), in the Trainer's accuracy metric.
+        matching = [r for r in self.rows[1:] if r['accuracy'] is not None and
+                    is_matching(1 - r['accuracy'], 1 - dense, DEFAULT_TOLERANCE)]
         if matching:
             best = min(matching, key=lambda r: r['weights_remaining'])
-            log_rank0('sparsest level within 1 point of dense accuracy: level %02d, %.1f%% weights remaining, accuracy '
-                      '%.2f%% (dense %.2f%%). Summary: %s', best['level'], 100 * best['weights_remaining'],
-                      100 * best['accuracy'], 100 * dense, self.folder.summary)
+            log_rank0('sparsest level within %g point of dense accuracy: level %02d, %.1f%% weights remaining, accuracy '
+                      '%.2f%% (dense %.2f%%). Summary: %s', 100 * DEFAULT_TOLERANCE, best['level'],
+                      100 * best['weights_remaining'], 100 * best['accuracy'], 100 * dense, self.folder.summary)
         else:
-            log_rank0('no pruned level came within 1 point of dense accuracy (%.2f%%). Summary: %s', 100 * dense,
-                      self.folder.summary)
-
-
-def log_rank0(message: str, *args: Any) -> None:
-    """``logging.info`` on rank 0 only (every rank runs the same loop)."""
-    if dist.get_global_rank() == 0:
-        log.info(message, *args)
-
-
-def _total_batches(max_duration: Optional[Time], per_epoch: Optional[int]) -> Optional[int]:
-    if max_duration is None:
-        return None
-    if max_duration.unit.value == 'ba':
-        return int(max_duration.value)
-    if max_duration.unit.value == 'ep' and per_epoch:
-        return int(max_duration.value) * per_epoch
-    return None
+            log_rank0('no pruned level came within %g point of dense accuracy (%.2f%%). Summary: %s',
+                      100 * DEFAULT_TOLERANCE, 100 * dense, self.folder.summary)
 
 
 def find_ticket(
@@ -475,7 +336,7 @@ def find_ticket(
         make_trainer: ``(level, seed, imp_args) -> Trainer``: your recipe's Trainer, with ``seed=seed``,
             ``**imp_args`` and one :class:`~composer_imp.IMP` / :class:`~composer_imp.AdaptiveIMP` in its algorithms.
             Called once per level (and per replicate); build loaders once outside it and reuse them.
-        save_folder: where the run's artifacts go (:mod:`composer_imp.artifacts`).
+        save_folder: where the run's artifacts go (:mod:`composer_imp.run_folder`).
         levels: pruned levels after the dense level 0 (the run trains ``levels + 1`` networks).
         target_sparsity: stop at the first level whose sparsity (fraction of prunable weights removed) reaches this
             (0.9 leaves 10%); ``levels`` stays the cap.
@@ -484,7 +345,9 @@ def find_ticket(
         seed: the seed of level 0's initialization and the Trainer RNG; replicate ``i`` uses ``seed + i`` and draws
             its own data order.
         replicates: N independent runs (seeds ``seed .. seed + N - 1``) in ``save_folder/replicate_XX``.
-        overwrite: delete a previous run in ``save_folder`` and start over.
+        overwrite: replace a previous run in ``save_folder``: it is moved aside, and deleted only once the new run
+            has passed its checks and started (restored if it fails before). A folder composer-imp did not make is
+            refused, and files of yours in it that the run layout does not name are never touched.
         metric, loss_metric: eval metric names recorded as each level's accuracy and loss (default: the first
             accuracy metric and the first cross-entropy / loss metric the Trainer reports).
         config: more settings to record in ``config.yaml`` (the YAML runner records the whole recipe); a re-run
@@ -503,30 +366,68 @@ def find_ticket(
     if checkpoint_interval is not None:
         try:
             Time.from_timestring(str(checkpoint_interval))
-        except ValueError as e:
+        except ValueError:
             raise ValueError(f'checkpoint_interval={checkpoint_interval!r} is not a Composer time such as "1ep" or '
-                             '"500ba".') from e
+                             '"500ba".') from None
     if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
         raise ValueError(f'replicates={replicates!r} must be at least 1 (the number of seeds of the whole IMP run).')
     if dist.get_world_size() > 1:
         # Under `composer -n N`: the folder is guarded and decisions broadcast before the first Trainer exists.
         dist.initialize_dist(device or ('gpu' if torch.cuda.is_available() else 'cpu'))
-    settings = dict(target_sparsity=target_sparsity, checkpoint_interval=checkpoint_interval, metric=metric,
-                    loss_metric=loss_metric)
-    if replicates == 1:
-        return _Run(make_trainer, save_folder, levels, seed=seed, data_seed=0, overwrite=overwrite,
-                    config=config, **settings).run()
     folder = RunFolder(save_folder)
-    if os.path.isfile(folder.config):
-        if not overwrite:
-            raise ValueError(f'save_folder={save_folder} holds a single IMP run; replicates={replicates} live in their '
-                             'own folders (replicate_XX inside save_folder). Choose another save_folder, or overwrite '
-                             'to delete that run.')
+    lock = folder.lock('training')
+    on_rank0(lambda: _open(folder, lock, overwrite, replicates))
+    settings = dict(target_sparsity=target_sparsity, checkpoint_interval=checkpoint_interval, metric=metric,
+                    loss_metric=loss_metric, on_started=lambda: _started(folder))
+    try:
+        if replicates == 1:
+            return _Run(make_trainer, folder, levels, seed=seed, data_seed=0, config=config, **settings).run()
+        runs = []
+        for i in range(replicates):
+            log_rank0('replicate %d/%d: seed %d, %s', i + 1, replicates, seed + i, folder.replicate(i).root)
+            runs.append(_Run(make_trainer, folder.replicate(i), levels, seed=seed + i, data_seed=i,
+                             config={**(config or {}), 'replicates': replicates}, **settings).run())
+        return runs
+    finally:
         if dist.get_global_rank() == 0:
-            folder.clear()
-    runs = []
-    for i in range(replicates):
-        log_rank0('replicate %d/%d: seed %d, %s', i + 1, replicates, seed + i, replicate_folder(save_folder, i))
-        runs.append(_Run(make_trainer, replicate_folder(save_folder, i), levels, seed=seed + i, data_seed=i,
-                         overwrite=overwrite, config={**(config or {}), 'replicates': replicates}, **settings).run())
-    return runs
+            started = os.path.isfile(folder.config) or bool(folder.replicates())
+            try:
+                folder.settle_replaced()  # an overwrite whose new run never started: the old run comes back
+            finally:
+                lock.release(discard=not started)  # a run refused before it started leaves nothing behind
+
+
+def _started(folder: RunFolder) -> None:
+    """The (first) run in ``folder`` has passed its checks and written its config: the folder is the project's, and
+    a previous run set aside by ``overwrite`` can go."""
+    folder.mark()
+    folder.mark_started()
+
+
+def _open(folder: RunFolder, lock: Any, overwrite: bool, replicates: int) -> None:
+    """Rank 0, before any Trainer exists: take the folder's lock, clean up after a killed process, and for
+    ``overwrite`` move the previous run aside (it is deleted once the new run has started, restored if it fails)."""
+    lock.acquire()
+    try:
+        # An analysis writing into the folder would write into the wrong run after an overwrite. Only a folder that has
+        # an analysis lock file can have an analysis running: none is created here.
+        analysis = folder.lock('analysis')
+        if os.path.exists(analysis.path):
+            analysis.acquire()
+        try:
+            folder.recover()
+            if replicates > 1 and os.path.isfile(folder.config) and not overwrite:
+                raise ValueError(f'save_folder={folder.root} holds a single IMP run; replicates={replicates} live in '
+                                 'their own folders (replicate_XX inside save_folder). Choose another save_folder, or '
+                                 'overwrite to replace that run.')
+            if replicates == 1 and folder.replicates() and not overwrite:
+                raise ValueError(f'save_folder={folder.root} holds replicate runs (replicate_XX); a single run would '
+                                 'be written beside them. Set replicates to their number to resume them, choose another '
+                                 'save_folder, or overwrite to replace them.')
+            if overwrite:
+                folder.set_aside()  # before any Trainer exists: none may autoresume from the run being replaced
+        finally:
+            analysis.release()
+    except BaseException:
+        lock.release(discard=True)  # refused before anything was written: not even the lock file stays
+        raise

@@ -13,22 +13,26 @@ import argparse
 import os
 from typing import Any, Mapping, Sequence
 
-import matplotlib
 import matplotlib.ticker
 import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
+from composer_imp.run_folder import RunFolder, atomic_write_text
 
-from composer_imp.artifacts import RunFolder, atomic_write_text  # noqa: E402
-
-__all__ = ['plot_accuracy_vs_compute', 'plot_landscape_report', 'plot_replicates', 'plot_stability',
+__all__ = ['subplots', 'plot_accuracy_vs_compute', 'plot_landscape_report', 'plot_replicates', 'plot_stability',
            'draw_plane', 'draw_successive_paths']
+
+
+def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple = (6.4, 4.8), **kwargs: Any) -> tuple[Figure, Any]:
+    """``plt.subplots`` without pyplot: a :class:`~matplotlib.figure.Figure` drawn by the Agg canvas, so the package
+    never switches the user's matplotlib backend nor keeps figures open in pyplot's registry."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def plot_accuracy_vs_compute(runs: Mapping[str, Sequence[dict]], path: str) -> str:
     """Draw accuracy vs weights remaining and vs cumulative compute for each labelled run; return ``path``."""
-    fig, (ax_w, ax_c) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_w, ax_c) = subplots(1, 2, figsize=(11, 4.2))
     for label, rows in runs.items():
         acc = [100 * r['accuracy'] for r in rows if r.get('accuracy') is not None]
         remaining = [100 * r['weights_remaining'] for r in rows if r.get('accuracy') is not None]
@@ -51,7 +55,6 @@ def plot_accuracy_vs_compute(runs: Mapping[str, Sequence[dict]], path: str) -> s
     fig.suptitle('IMP: accuracy against weights remaining and compute')
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -63,7 +66,7 @@ def plot_landscape_report(analysis: dict, out: str) -> list[str]:
     tol = analysis['tolerance']
     paths = []
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     ax.plot([100 * r['weights_remaining'] for r in levels], [100 * r['error'] for r in levels], marker='o', label='IMP level')
     ax.axhline(100 * (dense + tol), color='green', ls='--', label=f'matching threshold (dense + {100 * tol:g} pts)')
     ax.set_xscale('log')
@@ -76,9 +79,8 @@ def plot_landscape_report(analysis: dict, out: str) -> list[str]:
     paths.append(os.path.join(out, 'error_vs_weights_remaining.png'))
     fig.tight_layout()
     fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
 
-    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (ax, zoom) = subplots(1, 2, figsize=(12, 4))
     for s in analysis['successive']:
         x = [s['from'] + b * (s['to'] - s['from']) for b in s['betas']]
         for a in (ax, zoom):
@@ -97,7 +99,6 @@ def plot_landscape_report(analysis: dict, out: str) -> list[str]:
     paths.append(os.path.join(out, 'successive_paths.png'))
     fig.tight_layout()
     fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
 
     paths.append(_pairwise_figure(analysis['pairwise'], dense + tol, tol, os.path.join(out, 'pairwise.png'),
                                   'Linear paths between every pair of level solutions'))
@@ -106,7 +107,7 @@ def plot_landscape_report(analysis: dict, out: str) -> list[str]:
         planes = analysis['planes']
         cols = min(4, len(planes))
         rows_n = (len(planes) + cols - 1) // cols
-        fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 5.6 * rows_n), squeeze=False)
+        fig, axes = subplots(rows_n, cols, figsize=(4.2 * cols, 5.6 * rows_n), squeeze=False)
         for ax in axes.flat[len(planes):]:
             ax.axis('off')
         for ax, plane in zip(axes.flat, planes):
@@ -116,7 +117,6 @@ def plot_landscape_report(analysis: dict, out: str) -> list[str]:
         paths.append(os.path.join(out, 'planes.png'))
         fig.tight_layout()
         fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
 
     lines = ['# IMP error landscape', '',
              f'Matching tolerance {100 * tol:g} points over the dense test error {100 * dense:.2f}%; '
@@ -170,7 +170,7 @@ def _pairwise_figure(pairwise: dict, threshold: float, tol: float, path: str, ti
     """Appendix C's heatmap — the maximum test error along the path between two levels, darkest at (and below) the
     matching threshold — beside the error barrier of the same paths."""
     levels = pairwise['levels']
-    fig, (ax_max, ax_bar) = plt.subplots(1, 2, figsize=(11.5, 4.8))
+    fig, (ax_max, ax_bar) = subplots(1, 2, figsize=(11.5, 4.8))
     for ax, key, label, low in ((ax_max, 'max_error', 'max test error along the path (%)', 100 * threshold),
                                 (ax_bar, 'barrier', 'error barrier (percentage points)', 0.0)):
         matrix = np.array([[np.nan if v is None else 100 * v for v in row] for row in pairwise[key]])
@@ -186,7 +186,6 @@ def _pairwise_figure(pairwise: dict, threshold: float, tol: float, path: str, ti
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -202,7 +201,7 @@ def plot_stability(result: dict, path: str) -> str:
                   ('w_0 → w_1 (level 1)', result['level_1'], 'tab:green')]
         title = 'Perturbing w_τ by the level-1 projection\'s distance'
         xlabel = 'β on the line from the level-0 solution'
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = subplots(figsize=(6.5, 4.2))
     for label, curve, color in curves:
         ax.plot(curve['betas'], [100 * e for e in curve['errors']], marker='o', color=color,
                 label=f'{label}: barrier {100 * curve["barrier"]:.2f} pts')
@@ -215,7 +214,6 @@ def plot_stability(result: dict, path: str) -> str:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -259,7 +257,7 @@ def plot_replicates(result: dict, out: str) -> list[str]:
     levels, successive = result['levels'], result['successive']
     dense, tol = result['dense_error']['mean'], result['tolerance']
     name = 'ε' if tol == result['epsilon'] else 'tolerance'
-    fig, (ax_e, ax_p, ax_b) = plt.subplots(1, 3, figsize=(16, 4.4))
+    fig, (ax_e, ax_p, ax_b) = subplots(1, 3, figsize=(16, 4.4))
     x = [100 * r['weights_remaining']['mean'] for r in levels]
     ax_e.errorbar(x, [100 * r['error']['mean'] for r in levels], yerr=[100 * r['error']['std'] for r in levels],
                   marker='o', capsize=3, label=f'IMP levels (mean ± std, {len(result["replicates"])} replicates)')
@@ -293,7 +291,6 @@ def plot_replicates(result: dict, out: str) -> list[str]:
     fig.tight_layout()
     paths = [os.path.join(out, 'replicates.png')]
     fig.savefig(paths[0], dpi=120)
-    plt.close(fig)
     paths.append(_pairwise_figure(result['pairwise'], dense + tol, tol, os.path.join(out, 'pairwise.png'),
                                   f'Linear paths between level solutions, mean over {len(result["replicates"])} replicates'))
 

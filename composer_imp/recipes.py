@@ -35,11 +35,10 @@ from omegaconf import DictConfig, OmegaConf
 
 import composer_imp
 from composer_imp.analysis import LandscapeSettings, analyze_run
-from composer_imp.artifacts import replicate_folders
-from composer_imp.config import IMP_NAMES, ConfigError
+from composer_imp.run_folder import RunFolder
+from composer_imp.config import ConfigError
 from composer_imp.controls import run_controls
 from composer_imp.data import make_loaders, per_rank_batch_sizes
-from composer_imp.imp import IMP
 from composer_imp.level_loop import find_ticket
 from composer_imp.masks import unwrap_model
 from composer_imp.models import build_model
@@ -164,23 +163,16 @@ class Recipe:
                 Time.from_timestring(str(cfg[key]))
             except ValueError:
                 raise ConfigError(f'{key}={cfg[key]!r} is not a Composer time string such as "10ep" or "2000ba".') from None
-        per_epoch = len(self.train_dataloader)
         total = Time.from_timestring(str(cfg.max_duration))
         if total.unit not in (TimeUnit.EPOCH, TimeUnit.BATCH):
             raise ConfigError(f'max_duration must be in epochs ("ep") or batches ("ba"); got {cfg.max_duration!r}.')
-        total_batches = int(total.value) * (per_epoch if total.unit == TimeUnit.EPOCH else 1)
         try:
             model = build_model(self.model_name, **self.model_kwargs)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        parts = self._parts(model)  # builds optimizer, scheduler, algorithms (IMP checked), callbacks, loggers once
-        name = next(n for n in IMP_NAMES if n in cfg.algorithms)
-        imp = next(a for a in parts['algorithms'] if isinstance(a, IMP))
-        tau = imp.tau(per_epoch)
-        if tau >= total_batches:
-            raise ConfigError(f'algorithms.{name}.rewind={imp.rewind!r} is {tau} batches, not before max_duration='
-                              f'{cfg.max_duration!r} ({total_batches} batches at {per_epoch} batches per epoch). '
-                              'Choose an earlier rewind step.')
+        # Builds optimizer, scheduler, algorithms (IMP's own arguments checked), callbacks and loggers once; the rest
+        # of IMP's checks (τ before max_duration, metrics, the folder) run in find_ticket before anything trains.
+        self._parts(model)
 
 
 def build_recipe(cfg: DictConfig) -> Recipe:
@@ -197,7 +189,7 @@ def run_config(cfg: DictConfig, overwrite: Optional[bool] = None) -> list:
     runs = find_ticket(recipe.make_trainer, cfg.save_folder, cfg.levels, target_sparsity=cfg.target_sparsity,
                        checkpoint_interval=cfg.checkpoint_interval, seed=cfg.seed, replicates=cfg.replicates,
                        overwrite=overwrite, metric=cfg.metric, config=config, device=recipe.device)
-    folders = replicate_folders(cfg.save_folder) if cfg.replicates > 1 else [cfg.save_folder]
+    folders = [f.root for f in RunFolder(cfg.save_folder).replicates()] if cfg.replicates > 1 else [cfg.save_folder]
     if cfg.controls.kinds:
         for folder in folders:
             run_controls(recipe.make_trainer, folder, list(cfg.controls.levels), list(cfg.controls.kinds))

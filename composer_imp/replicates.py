@@ -17,6 +17,7 @@ own ``analysis/``). ``python -m composer_imp.analyze SAVE_FOLDER`` on such a fol
 
     {"settings": {"tolerance": float | null, "betas", "recalibrate_bn", "pairwise", "plane_grid"},
      "replicates": [str], "seeds": [int], "epsilon": float, "tolerance": float,
+     "epsilon_interval": {"low", "high", "confidence"},   # chi-square interval of ε (composer_imp.criteria)
      "dense_error": {"mean", "std", "values"},
      "levels": [{"level", "weights_remaining": {"mean", "std", "values"}, "error": {"mean", "std", "values"},
                  "matching": bool, "matching_fraction": float}],
@@ -37,11 +38,12 @@ from typing import Any, Optional, Sequence
 
 import torch
 from composer.utils import dist
-from omegaconf import OmegaConf
 
 from composer_imp.analysis import LandscapeSettings, analyze_run, refuse_changed_settings
-from composer_imp.artifacts import RunFolder, atomic_write_text, replicate_folders
-from composer_imp.connectivity import iff_verdict
+from composer_imp.criteria import epsilon as estimate_epsilon
+from composer_imp.criteria import iff_verdict, is_connected, is_matching
+from composer_imp.rank_zero import held_on_rank0
+from composer_imp.run_folder import RunFolder, atomic_write_text
 from composer_imp.plots import plot_replicates
 
 __all__ = ['analyze_replicates', 'stats']
@@ -61,11 +63,17 @@ def analyze_replicates(save_folder: str, model: torch.nn.Module, eval_dataloader
     ``model``, ``eval_dataloader``, ``train_data``, ``settings``: as :func:`~composer_imp.analysis.analyze_run`.
     """
     settings = settings or LandscapeSettings()
-    out = os.path.join(save_folder, 'analysis')
+    with held_on_rank0(RunFolder(save_folder).lock('analysis')):
+        return _analyze_replicates(save_folder, model, eval_dataloader, train_data, settings, overwrite)
+
+
+def _analyze_replicates(save_folder: str, model: torch.nn.Module, eval_dataloader: Any, train_data: Any,
+                        settings: LandscapeSettings, overwrite: bool) -> dict:
+    out = RunFolder(save_folder).analysis_dir
     recorded = settings.record(settings.tolerance)
     if not overwrite:
-        refuse_changed_settings(os.path.join(out, 'replicates.json'), recorded, save_folder)
-    folders = replicate_folders(save_folder)
+        refuse_changed_settings(RunFolder(save_folder).replicates_json, recorded, save_folder)
+    folders = [f.root for f in RunFolder(save_folder).replicates()]
     if len(folders) < 2:
         raise ValueError(f'{save_folder} holds {len(folders)} replicate run(s) (replicate_XX/config.yaml); the '
                          'replicate analysis needs at least 2 (train them with replicates=N).')
@@ -77,7 +85,8 @@ def analyze_replicates(save_folder: str, model: torch.nn.Module, eval_dataloader
     # Each replicate's analysis follows this one: its tolerance moves with ε as replicates are added (the cached
     # evaluations do not depend on it), so it is rewritten rather than refused; the second pass reads the cache.
     per_run = [analyze_run(f, model, eval_dataloader, train_data, settings, True) for f in folders]
-    epsilon = statistics.stdev([a['levels'][0]['error'] for a in per_run])
+    estimate = estimate_epsilon([a['levels'][0]['error'] for a in per_run])
+    epsilon = estimate['value']
     tol = epsilon if settings.tolerance is None else float(settings.tolerance)
     judged = dataclasses.replace(settings, tolerance=tol)
     per_run = [analyze_run(f, model, eval_dataloader, train_data, judged, True) for f in folders]
@@ -90,14 +99,14 @@ def analyze_replicates(save_folder: str, model: torch.nn.Module, eval_dataloader
         rows = [a['levels'][level] for a in per_run]
         error = stats([r['error'] for r in rows])
         level_rows.append({'level': level, 'weights_remaining': stats([r['weights_remaining'] for r in rows]),
-                           'error': error, 'matching': error['mean'] <= dense_error['mean'] + tol,
+                           'error': error, 'matching': is_matching(error['mean'], dense_error['mean'], tol),
                            'matching_fraction': sum(r['matching'] for r in rows) / len(rows)})
     matching = {r['level']: r['matching'] for r in level_rows}
     successive = []
     for a in common[:-1]:
         paths = [run['successive'][a] for run in per_run]  # the path from level a to a + 1
         barrier = stats([p['barrier'] for p in paths])
-        successive.append({'from': a, 'to': a + 1, 'barrier': barrier, 'connected': barrier['mean'] <= tol,
+        successive.append({'from': a, 'to': a + 1, 'barrier': barrier, 'connected': is_connected(barrier['mean'], tol),
                            'connected_fraction': sum(p['connected'] for p in paths) / len(paths),
                            'both_matching': matching[a] and matching[a + 1], 'betas': paths[0]['betas'],
                            # Figure 2 (left, middle): the error along the path at each β, mean ± std over replicates
@@ -111,13 +120,14 @@ def analyze_replicates(save_folder: str, model: torch.nn.Module, eval_dataloader
         'settings': recorded,
         'replicates': [os.path.basename(f) for f in folders],
         'seeds': [_seed(f) for f in folders],
-        'epsilon': epsilon, 'tolerance': tol, 'dense_error': dense_error,
+        'epsilon': epsilon, 'epsilon_interval': {k: estimate[k] for k in ('low', 'high', 'confidence')},
+        'tolerance': tol, 'dense_error': dense_error,
         'levels': level_rows, 'successive': successive, 'pairwise': {'levels': list(common), **pairwise},
         'verdict': verdict, 'connected_iff_matching': verdict['holds'],
     }
     if dist.get_global_rank() == 0:
         os.makedirs(out, exist_ok=True)
-        atomic_write_text(json.dumps(result, indent=2), os.path.join(out, 'replicates.json'))
+        atomic_write_text(json.dumps(result, indent=2), RunFolder(save_folder).replicates_json)
         plot_replicates(result, out)
     return result
 
@@ -127,4 +137,4 @@ def _mean_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
 
 
 def _seed(folder: str) -> Optional[int]:
-    return OmegaConf.load(RunFolder(folder).config).get('seed')
+    return RunFolder(folder).read_config().get('seed')

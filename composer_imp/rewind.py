@@ -24,7 +24,7 @@ from composer.core import Callback, State, Time, TimeUnit
 from composer.loggers import Logger
 from composer.utils import checkpoint, dist
 
-__all__ = ['RewindCheckpoint', 'parse_rewind', 'rewind_batches']
+__all__ = ['RewindCheckpoint', 'parse_rewind', 'rewind_batches', 'rewind_step', 'check_rewind']
 
 
 def parse_rewind(rewind: Union[str, int, Time]) -> Time:
@@ -51,6 +51,29 @@ def rewind_batches(rewind: Union[str, int, Time], batches_per_epoch: int) -> int
     return int(tau.value) * (batches_per_epoch if tau.unit == TimeUnit.EPOCH else 1)
 
 
+def rewind_step(rewind: Union[str, int, Time], state: State) -> int:
+    """τ in optimizer steps of the Trainer holding ``state`` (epochs counted with its training loader)."""
+    per_epoch = int(state.dataloader_len.value) if state.dataloader_len is not None else 0
+    return rewind_batches(rewind, per_epoch)
+
+
+def check_rewind(rewind: Union[str, int, Time], state: State, owner: str = 'IMP') -> None:
+    """Refuse (``ValueError``) a rewind step τ that is not before the Trainer's ``max_duration``."""
+    tau, end = rewind_step(rewind, state), state.max_duration
+    if parse_rewind(rewind).unit == TimeUnit.EPOCH and parse_rewind(rewind).value > 0 and state.dataloader_len is None:
+        raise ValueError(f'{owner} rewind={rewind!r} is in epochs, but the training loader has no length; give it in '
+                         'batches ("2000ba").')
+    per_epoch = int(state.dataloader_len.value) if state.dataloader_len is not None else None
+    total = None
+    if end is not None and end.unit == TimeUnit.BATCH:
+        total = int(end.value)
+    elif end is not None and end.unit == TimeUnit.EPOCH and per_epoch:
+        total = int(end.value) * per_epoch
+    if total is not None and tau >= total:
+        raise ValueError(f'{owner} rewind={rewind!r} ({tau} batches) is not before max_duration={end} ({total} '
+                         'batches); choose an earlier rewind step.')
+
+
 class RewindCheckpoint(Callback):
     """Save a full Composer checkpoint at step τ (``0`` means before the first step).
 
@@ -70,9 +93,7 @@ class RewindCheckpoint(Callback):
         self.saved = False
 
     def fit_start(self, state: State, logger: Logger) -> None:
-        self.tau = rewind_batches(self.rewind, state.dataloader_len.value if state.dataloader_len is not None else 0)
-        if self.rewind.value > 0 and self.rewind.unit == TimeUnit.EPOCH and state.dataloader_len is None:
-            raise ValueError('rewind in epochs needs a train dataloader with a length; give it in batches.')
+        self.tau = rewind_step(self.rewind, state)  # τ before max_duration: checked by the level loop (check_rewind)
         if int(state.timestamp.batch) > self.tau and os.path.isfile(self.path):
             self.saved = True  # autoresumed past τ: the rewind point was written before the interruption
         elif self.tau == int(state.timestamp.batch):
@@ -94,7 +115,7 @@ class RewindCheckpoint(Callback):
     def _save(self, state: State) -> None:
         if dist.get_global_rank() == 0:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(self.path), 'partial-' + os.path.basename(self.path))
+        tmp = f'{self.path}.tmp{os.getpid()}.pt'  # Composer picks compression by suffix; a leftover is cleaned
         # Saving an optimizer without state (τ = 0) makes torch initialize it with a zero-grad step,
         # which fills momentum with weight_decay * w. Undo that so the checkpoint leaves training untouched;
         # levels rewound to τ = 0 skip loading optimizer state (see composer_imp.level_loop).
@@ -103,6 +124,8 @@ class RewindCheckpoint(Callback):
         for opt in stateless:
             opt.state.clear()
         if dist.get_global_rank() == 0:
+            with open(tmp, 'rb+') as f:
+                os.fsync(f.fileno())
             os.replace(tmp, self.path)  # appear whole or not at all
         dist.barrier()
         self.saved = True

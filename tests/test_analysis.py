@@ -8,7 +8,8 @@ import shutil
 import pytest
 import torch
 
-from composer_imp.connectivity import error_barrier, iff_verdict, linear_path
+from composer_imp.connectivity import error_barrier, linear_path
+from composer_imp.criteria import iff_verdict
 
 from conftest import ROOT
 
@@ -318,5 +319,12 @@ def test_replicates_train_one_run_per_seed_and_define_matching_by_the_dense_spre
     assert 'replicates=0 must be at least 1' in capsys.readouterr().err
 
     from composer_imp import analyze
-    assert analyze.main([str(folders[0]), '--betas', '0,0.5,1']) == 0  # one replicate alone keeps its ε
+    # A replicate analysed alone is judged by what its own folder and the command say, never by a file outside it:
+    # the default tolerance differs from the recorded ε, so it is refused by name; the replicates' ε given, it agrees.
+    recorded = (folders[0] / 'analysis' / 'analysis.json').read_text()
+    capsys.readouterr()
+    assert analyze.main([str(folders[0]), '--betas', '0,0.5,1']) == 2
+    assert f'tolerance: {result["epsilon"]!r} -> 0.01' in capsys.readouterr().err
+    assert (folders[0] / 'analysis' / 'analysis.json').read_text() == recorded
+    assert analyze.main([str(folders[0]), '--betas', '0,0.5,1', '--tolerance', repr(result['epsilon'])]) == 0
     assert json.loads((folders[0] / 'analysis' / 'analysis.json').read_text())['tolerance'] == result['epsilon']

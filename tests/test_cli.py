@@ -43,7 +43,8 @@ def test_tiny_imp_run_from_yaml_writes_every_output(tmp_path):
     assert cfg.levels == 2 and cfg.save_folder == str(out) and cfg.model.width == 4
     # The recipe's algorithms section and the IMP component's own settings are both recorded.
     assert cfg.algorithms.IMP.ratio == 0.2 and cfg.algorithms.IMP.rewind == '23ba'
-    assert cfg.imp.name == 'IMP' and cfg.imp.ratio == 0.2 and cfg.imp.rewind == '23ba' and 'levels' not in cfg.imp
+    assert cfg.algorithms.IMP.scope == 'global' and cfg.algorithms.IMP.data_order == 'new' and 'imp' not in cfg
+    assert 'levels' not in cfg.algorithms.IMP and list(cfg.algorithms) == ['IMP'], 'the recipe\'s shape'
     assert (out / 'rewind' / 'rewind.pt').is_file()
 
 
@@ -61,9 +62,9 @@ def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
                                     'got 1.5')),
     (['algorithms.IMP.ratio=0'], ('algorithms.IMP: could not build IMP(', 'IMP ratio must lie strictly between 0 and 1',
                                   'got 0.')),
-    (['algorithms.IMP.rewind=400ba'], ("algorithms.IMP.rewind='400ba' is 400 batches, not before max_duration='15ep'",
-                                       'Choose an earlier rewind step')),
-    (['algorithms.IMP.rewind=1ep', 'max_duration=1ep'], ("algorithms.IMP.rewind='1ep'", 'not before max_duration')),
+    (['algorithms.IMP.rewind=400ba'], ("IMP rewind='400ba' (400 batches) is not before max_duration=15ep",
+                                       'choose an earlier rewind step')),
+    (['algorithms.IMP.rewind=1ep', 'max_duration=1ep'], ("IMP rewind='1ep'", 'not before max_duration')),
     (['algorithms.IMP.rewind=soon'], ('algorithms.IMP: could not build IMP(', "rewind='soon' is not a Composer time",
                                       '"2000ba" or "1ep"')),
     (['algorithms.IMP.scope=local'], ('algorithms.IMP: could not build IMP(', "scope must be 'global' or 'layerwise'")),

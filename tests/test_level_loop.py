@@ -105,8 +105,9 @@ def test_user_recipe_gets_imp_with_all_outputs(tmp_path, user_loaders, caplog):
     assert [r.imp_args.get('load_path') for r in make_trainer.records] == [None] + 4 * [str(tmp_path / 'rewind' / 'rewind.pt')]
     assert os.path.isfile(tmp_path / 'rewind' / 'rewind.pt')
     config = OmegaConf.load(tmp_path / 'config.yaml')
-    assert OmegaConf.to_container(config.imp) == {'name': 'IMP', 'ratio': 0.2, 'rewind': '5ba', 'ignore': [],
-                                                  'scope': 'global', 'rewind_optimizer': False, 'data_order': 'new'}
+    assert OmegaConf.to_container(config.algorithms) == {'IMP': {'ratio': 0.2, 'rewind': '5ba', 'ignore': [],
+                                                                 'scope': 'global', 'rewind_optimizer': False,
+                                                                 'data_order': 'new'}}
     assert config.levels == 3 and config.seed == 5 and config.target_sparsity is None
     png = tmp_path / 'accuracy_vs_compute.png'
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and png.stat().st_size > 10_000
@@ -140,9 +141,9 @@ def test_user_recipe_gets_imp_with_all_outputs(tmp_path, user_loaders, caplog):
 
     # A different IMP on the same folder is refused, naming the changed key; nothing is touched or trained.
     before = (tmp_path / 'summary.json').read_bytes()
-    with pytest.raises(ValueError, match=r'changed keys: imp.ratio \(0.2 -> 0.5\)'):
+    with pytest.raises(ValueError, match=r'changed keys: algorithms.IMP.ratio \(0.2 -> 0.5\)'):
         find_ticket(_user_recipe(user_loaders, lambda: IMP(ratio=0.5, rewind='5ba')), str(tmp_path), levels=4, seed=5)
-    with pytest.raises(ValueError, match=r"imp.name \('IMP' -> 'AdaptiveIMP'\)"):
+    with pytest.raises(ValueError, match=r"was made with IMP, and this run uses AdaptiveIMP"):
         find_ticket(_user_recipe(user_loaders, lambda: AdaptiveIMP(ratio=0.2, rewind='5ba', subsample=100, epsilon='eval')),
                     str(tmp_path), levels=4, seed=5)
     with pytest.raises(ValueError, match=r'seed \(5 -> 6\)'):
@@ -150,9 +151,9 @@ def test_user_recipe_gets_imp_with_all_outputs(tmp_path, user_loaders, caplog):
     # A run made before the rewinding options restored the optimizer and replayed the data order: not mixed.
     current = (tmp_path / 'config.yaml').read_text()
     legacy = OmegaConf.load(tmp_path / 'config.yaml')
-    del legacy.imp['rewind_optimizer'], legacy.imp['data_order']
+    del legacy.algorithms.IMP['rewind_optimizer'], legacy.algorithms.IMP['data_order']
     OmegaConf.save(legacy, tmp_path / 'config.yaml')
-    for changed in (r"imp.data_order \('replay' -> 'new'\)", r'imp.rewind_optimizer \(True -> False\)'):
+    for changed in (r"IMP.data_order \('replay' -> 'new'\)", r'IMP.rewind_optimizer \(True -> False\)'):
         with pytest.raises(ValueError, match=changed):
             find_ticket(make_trainer, str(tmp_path), levels=4, seed=5)
     (tmp_path / 'config.yaml').write_text(current)
@@ -239,13 +240,13 @@ def test_a_trainer_that_does_not_load_the_rewind_point_is_refused(tmp_path, make
         return recipe(level, seed, imp_args if level == 0 else {})
 
     rewind = tmp_path / 'rewind' / 'rewind.pt'
-    with pytest.raises(ValueError, match=rf"Level 1: the Trainer loaded None, but IMP passed load_path='{rewind}'. "
-                                         r'Pass \*\*imp_args to Trainer'):
+    with pytest.raises(ValueError, match=r'Level 1: the Trainer make_trainer returned was not given imp_args .*Pass '
+                                         r'\*\*imp_args to Trainer'):
         find_ticket(ignores_imp_args, str(tmp_path), levels=2)
     assert [r.level for r in recipe.records if r.end is not None] == [0, 0], 'level 1 must not train'
     assert [r.level for r in recipe.records] == [0, 0, 1]
     # Level 0's artifacts stay, and level 0 resumes as done once the recipe is fixed.
-    from composer_imp.artifacts import RunFolder
+    from composer_imp.run_folder import RunFolder
     folder = RunFolder(str(tmp_path))
     assert folder.verify(0) and rewind.is_file() and not (tmp_path / 'level_01').exists()
     assert [r['level'] for r in folder.read_summary()] == [0]

@@ -15,7 +15,7 @@ from composer.models import ComposerClassifier
 from torch import nn
 
 from composer_imp import IMP, find_ticket
-from composer_imp.artifacts import RunFolder
+from composer_imp.run_folder import RunFolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

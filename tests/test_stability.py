@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from composer_imp import IMP, find_ticket
-from composer_imp.artifacts import sha256
+from composer_imp.run_folder import sha256
 from composer_imp.connectivity import error_barrier
 from composer_imp.evaluate import evaluate
 from composer_imp.masks import unwrap_model

@@ -69,7 +69,12 @@ def test_no_import_cycles_and_no_private_names_across_modules():
     # The direction the docs promise: the components and the analysis never reach up into the YAML runner.
     yaml_layer = {'composer_imp.config', 'composer_imp.recipes', 'composer_imp.analyze', 'composer_imp.models'}
     below = ['composer_imp.imp', 'composer_imp.adaptive', 'composer_imp.level_loop', 'composer_imp.controls',
-             'composer_imp.analysis', 'composer_imp.replicates', 'composer_imp.masks', 'composer_imp.evaluate']
+             'composer_imp.analysis', 'composer_imp.replicates', 'composer_imp.masks', 'composer_imp.evaluate',
+             'composer_imp.lifecycle', 'composer_imp.criteria', 'composer_imp.run_folder', 'composer_imp.folder_lock',
+             'composer_imp.rank_zero', 'composer_imp.stability']
+    # The judgements and the run folder know nothing of training: they sit below the level lifecycle.
+    for module in ('composer_imp.criteria', 'composer_imp.run_folder', 'composer_imp.folder_lock'):
+        assert not edges[module] & {'composer_imp.lifecycle', 'composer_imp.level_loop', 'composer_imp.imp'}, module
     for module in below:
         assert not edges[module] & yaml_layer, (module, edges[module] & yaml_layer)
 
