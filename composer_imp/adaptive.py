@@ -73,8 +73,10 @@ class AdaptiveIMP(IMP):
         batch_size: evaluation batch size of the sweep.
         baseline: ``'eval'`` (default) or ``'train'``: which dense loss the threshold adds ε to (module doc).
         epsilon: ``'train'`` (default, the paper's) or ``'eval'``: how ε is measured (module doc).
-        recalibrate_bn: recompute BatchNorm statistics of every evaluated network on the subsample
-            before evaluating it (one more forward pass per point, counted in the compute).
+        recalibrate_bn: ``False`` (default, as the paper's authors evaluated): BatchNorm statistics as the networks hold
+            them (interpolated along a path; the projection keeps ``w_L``'s). ``True``: recompute the statistics of
+            every evaluated network on the subsample first (one more forward pass per point, counted in the compute),
+            a different method that can choose another ratio.
         reference: ``'dense'`` (the paper): the threshold is the dense solution's loss + ε at every level;
             ``'level'``: the loss of the level solution being pruned + ε (the LCS-set of ``w_L`` itself).
         land_on_target: with a ``target_sparsity``, also try the ratio that lands exactly on it (global scope).
@@ -90,7 +92,7 @@ class AdaptiveIMP(IMP):
                  scope: str = 'global', rewind_optimizer: bool = False, data_order: str = 'new',
                  ratios: Sequence[float] = DEFAULT_RATIOS,
                  path_points: Sequence[float] = (0.25, 0.5, 0.75, 1.0), subsample: int = 1024, batch_size: int = 512,
-                 baseline: str = 'eval', epsilon: str = 'train', recalibrate_bn: bool = True, reference: str = 'dense',
+                 baseline: str = 'eval', epsilon: str = 'train', recalibrate_bn: bool = False, reference: str = 'dense',
                  land_on_target: bool = False, search: str = 'exhaustive', sweep_data: Any = None):
         super().__init__(ratio, rewind, ignore, scope, rewind_optimizer, data_order)
         ratios, path_points = list(ratios), list(path_points)
@@ -288,7 +290,7 @@ def sweep_ratio(
     threshold: float,
     ratios: Sequence[float] = DEFAULT_RATIOS,
     path_points: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
-    recalibrate_bn: bool = True,
+    recalibrate_bn: bool = False,
     scope: str = 'global',
     all_reduce: bool = False,
     floor: float = 0.0,
