@@ -169,8 +169,9 @@ def _analyze_run(folder: RunFolder, model: torch.nn.Module, eval_dataloader: Any
     recorded = settings.record(tolerance)
     if not overwrite:
         refuse_changed_settings(folder.analysis_json, recorded, folder.root)
-    # Nothing is computed from a file that fails its checksum: every level's row, weights and mask are verified.
-    rows = on_rank0(lambda: {level: folder.verified_row(level) for level in levels})
+    # Nothing is computed from a file that fails its checksum: every level's row here, its weights and mask as they
+    # are read (verified_load), each file hashed once.
+    rows = on_rank0(lambda: {level: folder.verified_row(level, files=False) for level in levels})
     model = unwrap_model(model)
     batches = _eval_share(eval_dataloader)  # streamed once per evaluated chunk of networks, never materialized
     spread = dist.get_world_size() > 1

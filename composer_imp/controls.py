@@ -73,7 +73,7 @@ def run_control(make_trainer: MakeTrainer, save_folder: str, level: int, kind: s
     dense = on_rank0(lambda: folder.verified_row(0))
     # What the control is made from: reused only while the rewind point and the ticket's mask are the same files.
     made_from = {'rewind.pt': dense['manifest']['rewind.pt'],
-                 'mask.pt': on_rank0(lambda: folder.verified_row(level))['manifest']['mask.pt']}
+                 'mask.pt': on_rank0(lambda: folder.verified_row(level, files=False))['manifest']['mask.pt']}
     done = on_rank0(lambda: json.load(open(path)) if os.path.isfile(path) else None)
     if done is not None and done.get('made_from') == made_from and done.get('seed') == seed:
         return done
@@ -117,7 +117,7 @@ def run_controls(make_trainer: MakeTrainer, save_folder: str, levels: Sequence[i
     rows = []
     with held_on_rank0(folder.lock('controls')):  # controls train in the run's folder: not beside another process
         for level in levels:
-            ticket = on_rank0(lambda: folder.verified_row(level))
+            ticket = on_rank0(lambda: folder.verified_row(level, files=False))  # run_control verifies what it reads
             for kind in kinds:
                 row = run_control(make_trainer, save_folder, level, kind, seed)
                 rows.append(row)

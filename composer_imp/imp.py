@@ -225,9 +225,11 @@ class IMP(Algorithm):
                 raise RuntimeError(f'{type(self).__name__} runs its levels through composer_imp.find_ticket(make_trainer, '
                                    'save_folder, ...): call that instead of trainer.fit() (see the README).')
             return
-        if event == Event.FIT_START and self.level:  # the level starts from m_L ⊙ w_τ (Composer loaded w_τ)
+        if self._keep is not None and event == Event.FIT_START:
+            # The level starts from m_L ⊙ w_τ (Composer loaded w_τ); KeepMask keeps it exact from here on.
             apply_imp(state.model, self.mask, optimizers=state.optimizers)
-        if self._keep is not None and self._keep.match(event, state):
+            self._keep.bind(state)
+        elif self._keep is not None and self._keep.match(event, state):
             self._keep.apply(event, state, logger)
         if event == Event.FIT_START:  # what this level actually starts from, after the mask is applied
             params = dict(unwrap_model(state.model).named_parameters())

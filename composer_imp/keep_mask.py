@@ -115,10 +115,14 @@ class KeepMask(Algorithm):
     def match(self, event: Event, state: State) -> bool:
         return event in (Event.FIT_START, Event.AFTER_TRAIN_BATCH, Event.BATCH_END)
 
+    def bind(self, state: State) -> None:
+        """Bind the mask to the model's parameters (once per fit: they exist on their final device, after surgery
+        and DDP wrapping), without masking them."""
+        self._pairs = _pairs(state.model, self.mask)
+
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         if event == Event.FIT_START:
-            # Bind once per fit: parameters exist on their final device, after surgery and DDP wrapping.
-            self._pairs = _pairs(state.model, self.mask)
+            self.bind(state)
             mask_params_and_state(self._pairs, state.optimizers)
         elif event == Event.AFTER_TRAIN_BATCH:
             mask_gradients(self._pairs)

@@ -292,7 +292,7 @@ class RunFolder:
                 os.rename(os.path.join(self.root, name), os.path.join(self.replaced, name))
             self._write_journal(entries, 'moved')
         except BaseException:
-            self.settle_replaced(started=False)
+            self.settle_replaced()  # the journal says 'moving': everything moved so far goes back
             raise
 
     def mark_started(self) -> None:
@@ -301,11 +301,11 @@ class RunFolder:
             with open(self._journal) as f:
                 entries = json.load(f)['entries']
             self._write_journal(entries, 'started')
-            shutil.rmtree(self.replaced)
+            self.settle_replaced()
 
-    def settle_replaced(self, started: Optional[bool] = None) -> None:
-        """Finish an interrupted or failed overwrite: delete the previous run if the new one had ``started`` (default:
-        as the journal says), else put it back (what the new run wrote in its place is removed first)."""
+    def settle_replaced(self) -> None:
+        """Finish an interrupted or failed overwrite as its journal says: delete the previous run once the new one has
+        started, else put it back (what the new run wrote in its place is removed first)."""
         if not os.path.isdir(self.replaced):
             return
         try:
@@ -317,9 +317,7 @@ class RunFolder:
                                  'Move it away yourself, then run again.') from None
             shutil.rmtree(self.replaced)  # killed before the journal was written: nothing was moved yet
             return
-        if started is None:
-            started = journal['state'] == 'started'
-        if started:
+        if journal['state'] == 'started':
             shutil.rmtree(self.replaced)
             return
         entries = journal['entries']
@@ -361,18 +359,21 @@ class RunFolder:
     def manifest(self, level: int) -> dict[str, str]:
         return {name: sha256(path) for name, path in self._checksummed(level).items()}
 
-    def problems(self, level: int) -> tuple[Optional[dict], list[str]]:
-        """Level ``level``'s row as read, and what is wrong with it and its files (empty when every checksum
-        matches). Rows written before 0.3 carry no ``row_sha256``: their files are still checked."""
+    def problems(self, level: int, files: bool = True) -> tuple[Optional[dict], list[str]]:
+        """Level ``level``'s row as read, and what is wrong with it and (``files``) the files its manifest names
+        (empty when every checksum matches). Rows written before 0.3 carry no ``row_sha256``: their files are still
+        checked."""
         try:
             row = self.read_row(level)
             recorded = row['manifest']
         except (ValueError, KeyError, OSError, TypeError):
             return None, ['level.json (unreadable or without a manifest)']
         bad = [] if row.get('row_sha256') in (None, row_digest(row)) else ['level.json (edited)']
-        files = self._checksummed(level)
+        if not files:
+            return row, bad
+        paths = self._checksummed(level)
         return row, bad + [name for name, digest in recorded.items()
-                           if not os.path.isfile(files[name]) or sha256(files[name]) != digest]
+                           if not os.path.isfile(paths[name]) or sha256(paths[name]) != digest]
 
     def verify(self, level: int) -> bool:
         """True if level ``level`` is done and its artifacts match their checksums; else its files are
@@ -442,10 +443,11 @@ class RunFolder:
         with open(self.level_json(level)) as f:
             return json.load(f)
 
-    def verified_row(self, level: int) -> dict:
-        """Level ``level``'s row, refused (:class:`CorruptArtifact`, naming the file) unless ``level.json`` and the
-        files its manifest names match their checksums."""
-        row, bad = self.problems(level)
+    def verified_row(self, level: int, files: bool = True) -> dict:
+        """Level ``level``'s row, refused (:class:`CorruptArtifact`, naming the file) unless ``level.json`` and
+        (``files``) the files its manifest names match their checksums. ``files=False`` for a reader that loads those
+        files through :meth:`verified_load`, which checks each as it reads it."""
+        row, bad = self.problems(level, files)
         if bad:
             raise CorruptArtifact(f'{self.level_dir(level)}: {", ".join(bad)} does not match the checksum recorded when '
                                   f'level {level} finished (changed or truncated since). Nothing is computed from it: '
@@ -485,11 +487,11 @@ class RunFolder:
 
     def verified_weights(self, level: int) -> dict[str, torch.Tensor]:
         """Level ``level``'s trained weights, checked against its verified manifest."""
-        return self.verified_load(level, 'weights.pt', self.verified_row(level)['manifest']['weights.pt'])
+        return self.verified_load(level, 'weights.pt', self.verified_row(level, files=False)['manifest']['weights.pt'])
 
     def verified_mask(self, level: int) -> dict[str, torch.Tensor]:
         """Level ``level``'s mask, checked against its verified manifest."""
-        return self.verified_load(level, 'mask.pt', self.verified_row(level)['manifest']['mask.pt'])
+        return self.verified_load(level, 'mask.pt', self.verified_row(level, files=False)['manifest']['mask.pt'])
 
     def read_summary(self) -> list[dict]:
         with open(self.summary) as f:

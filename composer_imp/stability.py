@@ -45,7 +45,7 @@ def _dense_branch(make_trainer: MakeTrainer, folder: RunFolder, name: str, data_
     trained before is reused."""
     path = folder.stability_weights(name)
     # A copy is reused only while its own bytes and the rewind point it was trained from are the ones recorded.
-    made_from = on_rank0(lambda: folder.verified_row(0))['manifest']['rewind.pt']
+    made_from = on_rank0(lambda: folder.verified_row(0, files=False))['manifest']['rewind.pt']  # files: _check
     record = folder.stability_record(name)
     seed = on_rank0(folder.recorded_seed)
     shift = data_seed - on_rank0(folder.recorded_data_seed)

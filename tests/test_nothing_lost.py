@@ -252,10 +252,10 @@ def test_the_analysis_refuses_files_that_fail_their_checksum(finished, digits_lo
         data[i] ^= 0xFF
     original = weights.read_bytes()
     weights.write_bytes(bytes(data))
-    with pytest.raises(CorruptArtifact, match=r'level_02: weights.pt does not match the checksum'):
+    with pytest.raises(CorruptArtifact, match=r'level_02/weights.pt does not match the checksum in .*level_02/level.json'):
         _analyse(folder, digits_loaders)
     weights.write_bytes(original[:1000])  # truncated
-    with pytest.raises(CorruptArtifact, match=r'level_02: weights.pt does not match'):
+    with pytest.raises(CorruptArtifact, match=r'level_02/weights.pt does not match'):
         _analyse(folder, digits_loaders)
     weights.write_bytes(original)
     row = folder / 'level_01' / 'level.json'
@@ -294,7 +294,7 @@ def test_analyze_command_exits_2_naming_the_file(finished, capsys):
     weights = run / 'level_01' / 'weights.pt'
     weights.write_bytes(weights.read_bytes()[:-64] + bytes(64))
     proc = subprocess.run(analyze + ['--overwrite'], capture_output=True, text=True, cwd=ROOT)  # any settings
-    assert proc.returncode == 2 and f'{run / "level_01"}: weights.pt does not match the checksum' in proc.stderr, \
+    assert proc.returncode == 2 and f'{run / "level_01" / "weights.pt"} does not match the checksum' in proc.stderr, \
         proc.stderr[-2000:]
     (run / 'config.yaml').write_text('{model: [unclosed')
     assert command.main([str(run)]) == 2
